@@ -1,0 +1,1 @@
+"""CLI subcommands: argument parsing and user-facing output only; the work lives elsewhere."""

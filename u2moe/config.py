@@ -1,0 +1,117 @@
+"""Strict YAML configs: each subsystem owns a dataclass section; unknown keys are errors.
+
+A config file has top-level sections (`model`, `data`, `train`, `decode`); each
+subsystem parses its own with `parse_section`, so a typo such as `d_modle` is reported
+as `config.yaml: model.encoder: unknown key 'd_modle' (known: ...)` instead of being
+silently ignored.
+"""
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from u2moe.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    """A malformed or inconsistent config."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    """Write a mapping as YAML atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def parse_section(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """Build dataclass `cls` from `data`, recursing into nested dataclass fields.
+
+    `where` names the place for error messages, e.g. "small.yaml: model.encoder".
+    Missing keys take the dataclass defaults; unknown keys and wrong types raise
+    ConfigError. Ints are accepted where floats are expected.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(fields))})"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    """The plain-dict form of a parsed section (what `save_yaml` writes)."""
+    return dataclasses.asdict(section)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return parse_section(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return origin(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

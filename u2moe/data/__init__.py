@@ -1,0 +1,1 @@
+"""Audio I/O, features, CMVN, tokenizers, manifests, augmentation and batching."""

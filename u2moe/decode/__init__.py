@@ -1,0 +1,1 @@
+"""Decoding: CTC greedy / prefix beam, attention beam, rescoring, streaming recognizer, scoring."""

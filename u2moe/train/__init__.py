@@ -1,0 +1,1 @@
+"""Training loop, schedulers, checkpoints, averaging, distributed training."""
