@@ -70,7 +70,7 @@ def parse_section(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         values[name] = _convert(hints[name], value, f"{where}.{name}")
     try:
         return cls(**values)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ConfigError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 
