@@ -87,7 +87,7 @@ class ModelConfig:
             (enc.kernel_size >= 1, f"encoder.kernel_size must be >= 1, got {enc.kernel_size}"),
             (
                 enc.causal or enc.kernel_size % 2 == 1,
-                f"encoder.kernel_size must be odd for a non-causal convolution, got {enc.kernel_size}",
+                f"encoder.kernel_size must be odd without causal, got {enc.kernel_size}",
             ),
             (0.0 <= self.ctc_weight <= 1.0, f"ctc_weight must be in [0, 1], got {self.ctc_weight}"),
             (
