@@ -1,0 +1,112 @@
+"""The `data:` section of a config: features, tokenizer, augmentation and batching.
+
+Defaults follow WeNet's U2++ recipes, with batch sizes and worker counts for a small CPU.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from u2moe.config import ConfigError
+
+
+@dataclass
+class FeatureConfig:
+    """Kaldi-compatible log-mel filterbank (the options WeNet passes to torchaudio)."""
+
+    num_mel_bins: int = 80
+    frame_length: float = 25.0  # ms
+    frame_shift: float = 10.0  # ms
+    # Gaussian noise on the int16-scaled frames, training only (evaluation always uses 0).
+    dither: float = 1.0
+
+
+@dataclass
+class TokenizerConfig:
+    """Modelling units; the files live in the prepared data (or model) directory."""
+
+    type: Literal["char", "bpe"] = "char"
+    vocab_size: int = 500  # sentencepiece vocabulary for `bpe` (the model adds blank, sos/eos)
+    units: str = "units.txt"
+    bpe_model: str = "bpe.model"
+
+
+@dataclass
+class SpecAugConfig:
+    """Time and frequency masks (zeros); 0 masks turn it off."""
+
+    num_t_mask: int = 2
+    num_f_mask: int = 2
+    max_t: int = 50  # frames
+    max_f: int = 10  # mel bins
+
+
+@dataclass
+class SpecSubConfig:
+    """Replace short time spans with an earlier span of the same utterance; 0 turns it off."""
+
+    num_t_sub: int = 3
+    max_t: int = 30  # frames
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; nothing here is applied at evaluation."""
+
+    speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+    spec_aug: SpecAugConfig = field(default_factory=SpecAugConfig)
+    spec_sub: SpecSubConfig = field(default_factory=SpecSubConfig)
+
+
+@dataclass
+class BatchConfig:
+    """Dynamic batching by padded frames (batch size x longest utterance)."""
+
+    max_frames_in_batch: int = 12000
+    bucket_size: int = 500  # utterances sorted by length together before batching
+    shuffle: bool = True  # training only: a fresh order per (seed, epoch)
+    num_workers: int = 1  # DataLoader worker processes (0: load in the training process)
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    min_duration: float = 0.1  # seconds, after speed perturbation
+    max_duration: float = 40.0
+    max_tokens: int = 200
+
+
+@dataclass
+class DataConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+
+    def __post_init__(self):
+        feat, aug, batch = self.features, self.augment, self.batch
+        checks = [
+            (feat.num_mel_bins > 0, f"features.num_mel_bins must be > 0, got {feat.num_mel_bins}"),
+            (
+                0 < feat.frame_shift <= feat.frame_length,
+                "features.frame_shift must be in (0, frame_length]",
+            ),
+            (feat.dither >= 0, f"features.dither must be >= 0, got {feat.dither}"),
+            (self.tokenizer.vocab_size >= 2, "tokenizer.vocab_size must be >= 2"),
+            (
+                len(aug.speed_perturb) > 0 and all(0.5 <= s <= 2.0 for s in aug.speed_perturb),
+                f"augment.speed_perturb must list speeds in [0.5, 2], got {aug.speed_perturb}",
+            ),
+            (batch.max_frames_in_batch > 0, "batch.max_frames_in_batch must be > 0"),
+            (batch.bucket_size > 0, "batch.bucket_size must be > 0"),
+            (batch.num_workers >= 0, "batch.num_workers must be >= 0"),
+            (batch.prefetch_factor >= 1, "batch.prefetch_factor must be >= 1"),
+            (
+                0 <= batch.min_duration < batch.max_duration,
+                "batch.min_duration must be >= 0 and below batch.max_duration",
+            ),
+            (
+                batch.max_duration * 1000 / feat.frame_shift <= batch.max_frames_in_batch,
+                f"batch.max_duration {batch.max_duration} s is longer than one batch "
+                f"(max_frames_in_batch {batch.max_frames_in_batch} frames)",
+            ),
+            (batch.max_tokens > 0, "batch.max_tokens must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
