@@ -1,0 +1,109 @@
+"""Search: CTC greedy, CTC prefix beam, attention beam, and attention rescoring (U2++ pass 2).
+
+Scores follow WeNet's `wenet/transformer/search.py` so that imported WeNet models decode to
+the same tokens and scores:
+- the CTC prefix score is log(p_blank_ending + p_nonblank_ending) summed over all alignments
+  that survive the per-frame pruning to the `beam_size` most likely tokens;
+- an attention score is the decoder's log-probability of the tokens plus that of <eos>; the
+  right-to-left decoder scores the reversed hypothesis;
+- rescoring: ctc_weight * ctc + (1 - reverse_weight) * l2r + reverse_weight * r2l.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+NEG_INF = float("-inf")
+IGNORE_ID = -1
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    score: float  # log domain; what it sums depends on the search (see each function)
+
+
+def ctc_greedy_search(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+    """Best path per frame, repeats merged, blanks (id 0) removed.
+
+    log_probs (B, T, V), lengths (B,). Score: log-probability of the best path.
+    """
+    best_logp, best_ids = log_probs.max(dim=-1)  # (B, T)
+    results = []
+    for logp, ids, length in zip(best_logp, best_ids, lengths.tolist(), strict=True):
+        path = ids[:length].tolist()
+        tokens = [u for i, u in enumerate(path) if u != 0 and (i == 0 or u != path[i - 1])]
+        results.append(Hypothesis(tokens, float(logp[:length].double().sum())))
+    return results
+
+
+def _log_add(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    if b == NEG_INF:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+class CtcPrefixBeamSearch:
+    """CTC prefix beam search over the frames of one utterance, fed in any number of pieces.
+
+    Feeding frames chunk by chunk (streaming) gives exactly the result of feeding them at once.
+    Each frame is pruned to its `beam_size` most likely tokens (blank included), then the
+    `beam_size` best prefixes are kept. Plain Python over small dicts: the per-frame work is
+    beam_size**2 additions in log space, and tensors are converted to lists once per call.
+    """
+
+    def __init__(self, beam_size: int, blank_id: int = 0):
+        self.beam_size = beam_size
+        self.blank_id = blank_id
+        self.reset()
+
+    def reset(self) -> None:
+        # prefix -> [log p(ending in blank), log p(ending in a token)], best first
+        self.beam: list[tuple[tuple[int, ...], list[float]]] = [((), [0.0, NEG_INF])]
+
+    def advance(self, log_probs: torch.Tensor) -> None:
+        """Consume frames: log_probs (T, V) of one utterance."""
+        if log_probs.size(0) == 0:
+            return
+        k = min(self.beam_size, log_probs.size(-1))
+        top_logp, top_ids = log_probs.topk(k, dim=-1)
+        blank = self.blank_id
+        for frame_logp, frame_ids in zip(top_logp.tolist(), top_ids.tolist(), strict=True):
+            scored = [(prefix, pb, pnb, _log_add(pb, pnb)) for prefix, (pb, pnb) in self.beam]
+            next_beam: dict[tuple[int, ...], list[float]] = {}
+            for u, p in zip(frame_ids, frame_logp, strict=True):
+                for prefix, pb, pnb, total in scored:
+                    if u == blank:  # prefix unchanged, now ending in blank
+                        entry = next_beam.setdefault(prefix, [NEG_INF, NEG_INF])
+                        entry[0] = _log_add(entry[0], total + p)
+                    elif prefix and prefix[-1] == u:
+                        # "a a" -> "a" (repeat merged), "a - a" -> "a a" (blank in between)
+                        entry = next_beam.setdefault(prefix, [NEG_INF, NEG_INF])
+                        entry[1] = _log_add(entry[1], pnb + p)
+                        entry = next_beam.setdefault(prefix + (u,), [NEG_INF, NEG_INF])
+                        entry[1] = _log_add(entry[1], pb + p)
+                    else:
+                        entry = next_beam.setdefault(prefix + (u,), [NEG_INF, NEG_INF])
+                        entry[1] = _log_add(entry[1], total + p)
+            # sorted() is stable: ties keep insertion order, as WeNet's search does
+            ranked = sorted(next_beam.items(), key=lambda kv: _log_add(*kv[1]), reverse=True)
+            self.beam = ranked[: self.beam_size]
+
+    def nbest(self) -> list[Hypothesis]:
+        """The surviving prefixes, best first, scored log(p_blank_ending + p_token_ending)."""
+        return [Hypothesis(list(prefix), _log_add(pb, pnb)) for prefix, (pb, pnb) in self.beam]
+
+
+def ctc_prefix_beam_search(
+    log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int
+) -> list[list[Hypothesis]]:
+    """The n-best list (best first) of each utterance. log_probs (B, T, V), lengths (B,)."""
+    nbests = []
+    for logp, length in zip(log_probs, lengths.tolist(), strict=True):
+        search = CtcPrefixBeamSearch(beam_size)
+        search.advance(logp[:length])
+        nbests.append(search.nbest())
+    return nbests
