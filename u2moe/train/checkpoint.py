@@ -1,0 +1,152 @@
+"""Training checkpoints: atomic writes, the best-N index by dev loss, and averaging.
+
+An experiment keeps `checkpoints/step-<N>.pt` files and `checkpoints/index.json`, a list
+of `{"step", "file", "dev_loss"}` records, newest last. A checkpoint holds everything a
+resumed run needs to continue exactly where the stopped one was: model, optimizer,
+scheduler, step, epoch, data position and the RNG states of every rank.
+"""
+
+import json
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from u2moe.errors import UserError
+
+INDEX = "index.json"
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it.
+
+    A crash mid-write leaves the old file (if any) untouched and only a stray `.tmp`.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain Python values only), or a one-line UserError."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path}: not a u2moe training checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU and CUDA) as checkpointable values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    # torch.load(weights_only=True) may hand tuples back as lists; random.setstate needs tuples.
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def read_index(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """The checkpoint records of an experiment, oldest first ([] when there are none)."""
+    path = ckpt_dir / INDEX
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text())
+        assert isinstance(records, list) and all("file" in r and "step" in r for r in records)
+    except (json.JSONDecodeError, AssertionError):
+        raise UserError(f"{path}: corrupt checkpoint index (expected a JSON list)") from None
+    return records
+
+
+def write_index(ckpt_dir: Path, records: list[dict[str, Any]]) -> None:
+    path = ckpt_dir / INDEX
+    tmp = path.with_name(INDEX + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def best_records(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The n records with the lowest dev loss (ties: the later step), best first."""
+    scored = [r for r in records if r.get("dev_loss") is not None]
+    return sorted(scored, key=lambda r: (r["dev_loss"], -r["step"]))[:n]
+
+
+def save_checkpoint(
+    ckpt_dir: Path, state: dict[str, Any], dev_loss: float | None, keep_best: int
+) -> Path:
+    """Write step-<N>.pt atomically, record it, and delete those no longer needed.
+
+    Kept: the `keep_best` best by dev loss, and always the newest (what --resume reads).
+    The index is updated only after the new file is in place, and old files are deleted
+    only after the index no longer names them, so a crash at any point loses nothing.
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']}.pt"
+    atomic_torch_save(state, ckpt_dir / name)
+    records = [r for r in read_index(ckpt_dir) if r["file"] != name]
+    records.append({"step": state["step"], "file": name, "dev_loss": dev_loss})
+    keep = {r["file"] for r in best_records(records, keep_best)} | {name}
+    write_index(ckpt_dir, [r for r in records if r["file"] in keep])
+    for r in records:
+        if r["file"] not in keep:
+            (ckpt_dir / r["file"]).unlink(missing_ok=True)
+    return ckpt_dir / name
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    records = read_index(ckpt_dir)
+    return ckpt_dir / records[-1]["file"] if records else None
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of `paths` (integer buffers from the last).
+
+    Accumulates in float64 so that averaging many checkpoints does not lose precision.
+    """
+    if not paths:
+        raise UserError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        model = load_checkpoint(path)["model"]
+        if total and model.keys() != total.keys():
+            raise UserError(f"{path}: its model does not match {paths[0]} (different keys)")
+        for key, value in model.items():
+            if value.is_floating_point():
+                total[key] = total.get(key, 0) + value.double()
+            else:
+                total[key] = value
+    return {
+        key: (total[key] / len(paths)).to(value.dtype) if value.is_floating_point() else value
+        for key, value in model.items()
+    }

@@ -1,0 +1,87 @@
+"""What a training run reports: TensorBoard scalars, a metrics file, expert utilization.
+
+Rank 0 writes `tensorboard/` (for `tensorboard --logdir EXP`) and `metrics.jsonl` (one JSON
+record per log point, appended across resumes; the plots at the end are drawn from it).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from u2moe.model.moe import MoEFeedForward
+
+
+class MetricsLog:
+    """Scalars to TensorBoard and to metrics.jsonl: `log(step, {"train/loss": ...})`."""
+
+    def __init__(self, exp_dir: Path):
+        self.path = exp_dir / "metrics.jsonl"
+        self.writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard"))
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def forget_after(self, step: int) -> None:
+        """Drop records past `step` (a resumed run repeats the steps after its checkpoint)."""
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+
+    def records(self) -> list[dict[str, float]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ExpertMonitor:
+    """Per-layer expert utilization: the fraction of frames each expert processed.
+
+    With top-k routing a frame visits k experts, so the fractions of a layer sum to k
+    (uniform routing gives k / n_experts each). Counts come from the MoE layers'
+    `expert_counts` buffers, accumulated since the last `reset`.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = {
+            name: m for name, m in model.named_modules() if isinstance(m, MoEFeedForward)
+        }
+        for layer in self.layers.values():
+            layer.track_utilization = True
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def fractions(self) -> dict[str, list[float]]:
+        """{layer name: [fraction of frames per expert]} (layers that saw no frames: zeros)."""
+        out = {}
+        for name, layer in self.layers.items():
+            counts = layer.expert_counts.double().cpu()
+            frames = counts.sum() / layer.top_k
+            out[name] = (counts / frames.clamp(min=1)).tolist()
+        return out
+
+    def reset(self) -> None:
+        for layer in self.layers.values():
+            layer.expert_counts.zero_()
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard scalars: per layer, each expert's fraction and the max/min ratio."""
+        out = {}
+        for name, fractions in self.fractions().items():
+            for e, value in enumerate(fractions):
+                out[f"experts/{name}/{e}"] = value
+            t = torch.tensor(fractions)
+            out[f"experts_imbalance/{name}"] = float(t.max() / t.min().clamp(min=1e-6))
+        return out
