@@ -88,9 +88,10 @@ class CtcPrefixBeamSearch:
                     else:
                         entry = next_beam.setdefault(prefix + (u,), [NEG_INF, NEG_INF])
                         entry[1] = _log_add(entry[1], total + p)
-            # sorted() is stable: ties keep insertion order, as WeNet's search does
+            # sorted() is stable: ties keep insertion order, as WeNet's search does. Prefixes
+            # with no path ("a a" reached from "a" without a blank) are dropped.
             ranked = sorted(next_beam.items(), key=lambda kv: _log_add(*kv[1]), reverse=True)
-            self.beam = ranked[: self.beam_size]
+            self.beam = [kv for kv in ranked[: self.beam_size] if max(kv[1]) > NEG_INF]
 
     def nbest(self) -> list[Hypothesis]:
         """The surviving prefixes, best first, scored log(p_blank_ending + p_token_ending)."""

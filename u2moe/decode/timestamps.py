@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from u2moe.data.tokenizer import WORD_BOUNDARY
+
 NEG_INF = float("-inf")
 
 
@@ -74,3 +76,25 @@ def token_times(
             end = (center + centers[i + 1]) / 2
         times.append((round(start, 3), round(end, 3)))
     return times
+
+
+def word_times(pieces: list[str], times: list[tuple[float, float]]) -> list[TimedUnit]:
+    """Group timed token pieces into words.
+
+    A piece that starts with the word boundary `▁` (a sentencepiece word start, or the char
+    tokenizer's space unit) opens a new word; other pieces continue the current word. A word
+    spans its first to its last non-boundary piece.
+    """
+    words: list[TimedUnit] = []
+    open_new = True
+    for piece, (start, end) in zip(pieces, times, strict=True):
+        if piece.startswith(WORD_BOUNDARY):
+            piece, open_new = piece[len(WORD_BOUNDARY) :], True
+        if not piece:
+            continue
+        if open_new or not words:
+            words.append(TimedUnit(piece, start, end))
+            open_new = False
+        else:
+            words[-1] = TimedUnit(words[-1].text + piece, words[-1].start, end)
+    return words
