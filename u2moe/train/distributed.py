@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 from torch.nn.parallel import DistributedDataParallel
 
 from u2moe.errors import UserError
@@ -75,11 +75,14 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
+def wrap(
+    model: nn.Module, info: DistInfo, strategy: str, forward_methods: tuple[str, ...] = ()
+) -> nn.Module:
     """DDP or FSDP2 around `model` (already on info.device); the model itself when alone.
 
     FSDP2 makes every block of every nn.ModuleList (encoder and decoder layers) its own
     shard unit, so only one block's full parameters are gathered at a time, then the root.
+    `forward_methods` (e.g. "encode") get FSDP2's gather-before/reshard-after hooks too.
     """
     if not info.enabled:
         return model
@@ -89,6 +92,8 @@ def wrap(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
                 for block in module:
                     fully_shard(block)
         fully_shard(model)
+        for name in forward_methods:
+            register_fsdp_forward_method(model, name)
         return model
     # Every parameter receives a gradient on every step even when some experts get no
     # frames: expert weights are stacked (E, ...) tensors, so indexing one expert makes the

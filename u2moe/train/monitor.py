@@ -5,11 +5,14 @@ record per log point, appended across resumes; the plots at the end are drawn fr
 """
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from u2moe.model.moe import MoEFeedForward
 
@@ -76,12 +79,51 @@ class ExpertMonitor:
         for layer in self.layers.values():
             layer.expert_counts.zero_()
 
-    def scalars(self) -> dict[str, float]:
-        """TensorBoard scalars: per layer, each expert's fraction and the max/min ratio."""
+    def scalars(self, prefix: str) -> dict[str, float]:
+        """Scalars `{prefix}/{layer}/{expert}` (fraction of frames) and, per layer,
+        `{prefix}_imbalance/{layer}`: the busiest expert's fraction over the idlest's."""
         out = {}
         for name, fractions in self.fractions().items():
             for e, value in enumerate(fractions):
-                out[f"experts/{name}/{e}"] = value
+                out[f"{prefix}/{name}/{e}"] = value
             t = torch.tensor(fractions)
-            out[f"experts_imbalance/{name}"] = float(t.max() / t.min().clamp(min=1e-6))
+            out[f"{prefix}_imbalance/{name}"] = float(t.max() / t.min().clamp(min=1e-6))
         return out
+
+
+def fractions_from_record(records: list[dict], prefix: str) -> dict[str, list[float]]:
+    """{layer: [fraction per expert]} from the last record holding `{prefix}/...` scalars."""
+    for record in reversed(records):
+        layers: dict[str, dict[int, float]] = {}
+        for key, value in record.items():
+            if key.startswith(prefix + "/"):
+                layer, expert = key[len(prefix) + 1 :].rsplit("/", 1)
+                layers.setdefault(layer, {})[int(expert)] = value
+        if layers:
+            return {name: [e[i] for i in sorted(e)] for name, e in layers.items()}
+    return {}
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines printed above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(log_file: Path | None) -> None:
+    """u2moe.train messages to the console and, on rank 0, appended to `log_file`.
+
+    Other ranks log warnings only, so a person reads one stream.
+    """
+    logger = logging.getLogger("u2moe.train")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if log_file else logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [_TqdmHandler()]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)

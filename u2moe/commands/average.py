@@ -1,0 +1,19 @@
+"""`u2moe average`: average the best N checkpoints (by dev loss) into the experiment's model."""
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--exp", required=True, type=Path, help="experiment directory")
+    parser.add_argument("--num", type=int, default=10, help="how many of the best to average")
+
+
+def main(args) -> int:
+    from u2moe.errors import UserError
+    from u2moe.train.checkpoint import average_best
+
+    if args.num < 1:
+        raise UserError(f"--num must be >= 1, got {args.num}")
+    used = average_best(args.exp, args.num)
+    print(f"{args.exp / 'model.pt'}: average of {', '.join(p.name for p in used)}")
+    return 0
