@@ -66,7 +66,9 @@ class BatchConfig:
     shuffle: bool = True  # training only: a fresh order per (seed, epoch)
     num_workers: int = 1  # DataLoader worker processes (0: load in the training process)
     prefetch_factor: int = 2  # batches each worker prepares ahead
-    min_duration: float = 0.1  # seconds, after speed perturbation
+    # Utterances outside [min_duration, max_duration] seconds (before speed perturbation) or
+    # with more than max_tokens tokens are left out, counted as skipped.
+    min_duration: float = 0.1
     max_duration: float = 40.0
     max_tokens: int = 200
 
@@ -101,9 +103,10 @@ class DataConfig:
                 "batch.min_duration must be >= 0 and below batch.max_duration",
             ),
             (
-                batch.max_duration * 1000 / feat.frame_shift <= batch.max_frames_in_batch,
-                f"batch.max_duration {batch.max_duration} s is longer than one batch "
-                f"(max_frames_in_batch {batch.max_frames_in_batch} frames)",
+                batch.max_duration / min(aug.speed_perturb or [1.0]) * 1000 / feat.frame_shift
+                <= batch.max_frames_in_batch,
+                f"batch.max_duration {batch.max_duration} s (slowed by speed_perturb) is longer "
+                f"than one batch of max_frames_in_batch {batch.max_frames_in_batch} frames",
             ),
             (batch.max_tokens > 0, "batch.max_tokens must be > 0"),
         ]

@@ -1,0 +1,195 @@
+"""Reading the utterance lists users already have.
+
+Three formats, told apart by what the path is:
+- a JSON-lines manifest, one `{"key", "audio", "text", "duration", ...}` per line; `audio` is
+  relative to the manifest's folder or absolute, other fields (speaker, ...) are kept;
+- WeNet's `data.list`, the same with `wav` and `txt` (and optional `start`, `end` in seconds);
+- a Kaldi data directory: `wav.scp` and `text`, optional `segments` and `utt2spk`; relative
+  paths in `wav.scp` are relative to the current directory, as in a Kaldi recipe.
+
+A JSON-lines file is indexed by line offsets and read lazily, so a large corpus is never held
+in memory. An entry that cannot be used is a `BadEntry` (key and reason), never an exception.
+"""
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from u2moe.data.skips import SkipStats
+from u2moe.errors import UserError
+
+
+@dataclass
+class Utterance:
+    key: str
+    audio: str  # absolute path, or a shell command ending in `|` (Kaldi wav.scp)
+    text: str
+    duration: float | None = None  # seconds, of the part from start to end
+    start: float = 0.0  # seconds into the audio file (Kaldi segments)
+    end: float | None = None
+    extra: dict = field(default_factory=dict)  # speaker and any other fields, kept as given
+
+    def to_json(self) -> dict:
+        """The manifest line for this utterance (absolute audio path)."""
+        line = {"key": self.key, "audio": self.audio, "text": self.text}
+        if self.duration is not None:
+            line["duration"] = round(self.duration, 4)
+        if self.start or self.end is not None:
+            line["start"], line["end"] = self.start, self.end
+        return {**line, **self.extra}
+
+
+@dataclass
+class BadEntry:
+    key: str  # the utterance key, or `file:line` when the line has none
+    reason: str
+
+
+class Manifest:
+    """Random access to the entries of a manifest: `manifest[i] -> Utterance | BadEntry`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            self._entries = _read_kaldi_dir(self.path)
+            self._offsets = None
+        elif self.path.is_file():
+            self._entries = None
+            self._offsets, self._line_numbers = _index_lines(self.path)
+        else:
+            raise UserError(f"{self.path}: no such manifest file or Kaldi data directory")
+        self._file = None
+        self._file_pid = None
+
+    def __len__(self) -> int:
+        return len(self._entries) if self._offsets is None else len(self._offsets)
+
+    def __getitem__(self, index: int) -> Utterance | BadEntry:
+        if self._offsets is None:
+            return self._entries[index]
+        if self._file is None or self._file_pid != os.getpid():  # one handle per process
+            self._file = self.path.open("rb")
+            self._file_pid = os.getpid()
+        self._file.seek(int(self._offsets[index]))
+        line = self._file.readline()
+        where = f"{self.path.name}:{self._line_numbers[index]}"
+        return _parse_json_line(line, where, self.path)
+
+    def __iter__(self) -> Iterator[Utterance | BadEntry]:
+        return (self[i] for i in range(len(self)))
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_file_pid": None}
+
+
+def read_manifest(path: str | Path, stats: SkipStats | None = None) -> Iterator[Utterance]:
+    """The usable utterances of a manifest, data.list or Kaldi directory, in file order.
+
+    Bad entries are skipped and counted in `stats` when given.
+    """
+    for entry in Manifest(path):
+        if isinstance(entry, BadEntry):
+            if stats is not None:
+                stats.add(entry.key, entry.reason)
+            continue
+        yield entry
+
+
+def _index_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets and 1-based numbers of the non-blank lines of a text file, int64 (N,) each."""
+    offsets, numbers = [], []
+    position = 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                offsets.append(position)
+                numbers.append(number)
+            position += len(line)
+    return np.asarray(offsets, dtype=np.int64), np.asarray(numbers, dtype=np.int64)
+
+
+def _parse_json_line(line: bytes, where: str, manifest: Path) -> Utterance | BadEntry:
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return BadEntry(where, "invalid JSON")
+    if not isinstance(obj, dict):
+        return BadEntry(where, "invalid JSON")
+    key = obj.pop("key", None)
+    if not isinstance(key, str) or not key:
+        return BadEntry(where, "missing field 'key'")
+    audio = obj.pop("audio", None) or obj.pop("wav", None)
+    if not isinstance(audio, str) or not audio:
+        return BadEntry(key, "missing field 'audio'")
+    text = obj.pop("text", obj.pop("txt", None))
+    if not isinstance(text, str):
+        return BadEntry(key, "missing field 'text'")
+    try:
+        duration = _optional_float(obj.pop("duration", None))
+        start = _optional_float(obj.pop("start", None)) or 0.0
+        end = _optional_float(obj.pop("end", None))
+    except (TypeError, ValueError):
+        return BadEntry(key, "invalid duration/start/end")
+    if not audio.rstrip().endswith("|"):
+        audio = str((manifest.parent / audio).absolute())
+    if duration is None and end is not None:
+        duration = end - start
+    return Utterance(key, audio, text, duration, start, end, obj)
+
+
+def _optional_float(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    return float(value)
+
+
+def _read_table(path: Path, required: bool = True) -> dict[str, str]:
+    """A Kaldi table: `<id> <value...>` per line."""
+    if not path.is_file():
+        if required:
+            raise UserError(f"{path}: missing from the Kaldi data directory")
+        return {}
+    table = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if parts:
+            table[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return table
+
+
+def _read_kaldi_dir(directory: Path) -> list[Utterance | BadEntry]:
+    wavs = _read_table(directory / "wav.scp")
+    texts = _read_table(directory / "text")
+    segments = _read_table(directory / "segments", required=False)
+    speakers = _read_table(directory / "utt2spk", required=False)
+    keys = list(texts) if segments else list(dict.fromkeys([*wavs, *texts]))
+    entries: list[Utterance | BadEntry] = []
+    for key in keys:
+        if key not in texts:
+            entries.append(BadEntry(key, "no transcript in text"))
+            continue
+        start, end, recording = 0.0, None, key
+        if segments:
+            fields = segments.get(key, "").split()
+            try:
+                recording, start, end = fields[0], float(fields[1]), float(fields[2])
+            except (IndexError, ValueError):
+                entries.append(BadEntry(key, "no valid line in segments"))
+                continue
+            end = None if end < 0 else end  # Kaldi: -1 means the end of the recording
+        if recording not in wavs:
+            entries.append(BadEntry(key, "no audio in wav.scp"))
+            continue
+        audio = wavs[recording].strip()
+        if not audio.endswith("|"):
+            audio = str(Path(audio).absolute())
+        extra = {"speaker": speakers[key]} if key in speakers else {}
+        duration = None if end is None else end - start
+        entries.append(Utterance(key, audio, texts[key], duration, start, end, extra))
+    return entries
