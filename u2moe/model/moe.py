@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from u2moe.model.config import FFNConfig
+
 
 class FeedForward(nn.Module):
     """Position-wise FFN: w_2(dropout(activation(w_1(x)))). x: (..., d_model)."""
@@ -111,3 +113,12 @@ class MoEFeedForward(nn.Module):
             if frame.numel():
                 out[frame] += weights[frame, slot, None] * self.expert(e, x[frame])
         return out.reshape(shape)
+
+
+def make_feed_forward(
+    cfg: FFNConfig, d_model: int, d_ff: int, activation: nn.Module, dropout: float = 0.0
+) -> nn.Module:
+    """The FFN that `cfg.type` names: dense, or MoE with cfg.n_experts and cfg.top_k."""
+    if cfg.type == "moe":
+        return MoEFeedForward(d_model, d_ff, activation, cfg.n_experts, cfg.top_k, dropout)
+    return FeedForward(d_model, d_ff, activation, dropout)
