@@ -61,15 +61,13 @@ def chunk_attention_mask(
     """Self-attention mask of the encoder for one chunk setting.
 
     pad_mask (B, 1, T) True at real frames -> (B, T, T) with a chunk mask, or pad_mask
-    itself for full context (chunk_size <= 0). Rows left with no visible key (padded
-    frames whose window holds only padding) see every key instead, as in WeNet, so no
-    softmax row is empty; such rows belong to padded frames, which nothing reads.
+    itself for full context (chunk_size <= 0). A padded frame whose window holds only
+    padding gets a row with no visible key; attention gives it zeros (as WeNet does).
     """
     if chunk_size <= 0:
         return pad_mask
     size = pad_mask.size(-1)
-    mask = pad_mask & subsequent_chunk_mask(size, chunk_size, num_left_chunks, pad_mask.device)
-    return mask | ~mask.any(dim=-1, keepdim=True)
+    return pad_mask & subsequent_chunk_mask(size, chunk_size, num_left_chunks, pad_mask.device)
 
 
 def training_chunk(
