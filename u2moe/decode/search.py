@@ -10,12 +10,15 @@ the same tokens and scores:
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 
+from u2moe.decode.config import DecodeConfig
+
 NEG_INF = float("-inf")
-IGNORE_ID = -1
+NBEST_MODES = ("ctc_prefix_beam_search", "attention_rescoring")  # built on the CTC n-best
 
 
 @dataclass
@@ -108,3 +111,164 @@ def ctc_prefix_beam_search(
         search.advance(logp[:length])
         nbests.append(search.nbest())
     return nbests
+
+
+def _padded(token_lists: list[list[int]], fill: int, device: torch.device) -> torch.Tensor:
+    """Lists of ids -> (N, max_len) long tensor padded with `fill`."""
+    out = torch.full((len(token_lists), max(map(len, token_lists))), fill, dtype=torch.long)
+    for i, tokens in enumerate(token_lists):
+        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return out.to(device)
+
+
+def _sequence_log_probs(log_probs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor):
+    """Sum over positions < length of log_probs (N, L, V) at targets (N, L) -> float64 (N,)."""
+    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+    valid = torch.arange(targets.size(1), device=targets.device) < lengths.unsqueeze(1)
+    return picked.masked_fill(~valid, 0.0).sum(-1)
+
+
+@torch.no_grad()
+def attention_rescoring(
+    model,
+    nbests: list[list[Hypothesis]],
+    enc: torch.Tensor,
+    enc_lengths: torch.Tensor,
+    ctc_weight: float,
+    reverse_weight: float,
+) -> list[Hypothesis]:
+    """U2++ second pass: rescore each utterance's CTC n-best with both attention decoders.
+
+    nbests: per utterance, hypotheses whose score is the CTC prefix score. enc (B, T, d),
+    enc_lengths (B,). All hypotheses of the batch go through the decoders in one call.
+    Returns the best hypothesis per utterance, scored
+    ctc_weight * ctc + (1 - reverse_weight) * l2r + reverse_weight * r2l.
+    """
+    eos = model.eos
+    hyps = [h.tokens for nbest in nbests for h in nbest]
+    owner = torch.tensor([b for b, nbest in enumerate(nbests) for _ in nbest], device=enc.device)
+    lengths = torch.tensor([len(h) + 1 for h in hyps], device=enc.device)  # with sos / eos
+    l2r_in = _padded([[model.sos, *h] for h in hyps], eos, enc.device)
+    r2l_in = _padded([[model.sos, *h[::-1]] for h in hyps], eos, enc.device)
+    l2r, r2l = model.decoder_log_probs(
+        enc[owner], enc_lengths[owner], l2r_in, lengths, r2l_in if reverse_weight > 0 else None
+    )
+    # position j predicts token j of the hypothesis, position len predicts eos
+    score = _sequence_log_probs(l2r, _padded([[*h, eos] for h in hyps], eos, enc.device), lengths)
+    if reverse_weight > 0:
+        if r2l is None:
+            raise ValueError("reverse_weight > 0 needs a model with a right-to-left decoder")
+        r2l_targets = _padded([[*h[::-1], eos] for h in hyps], eos, enc.device)
+        r2l_score = _sequence_log_probs(r2l, r2l_targets, lengths)
+        score = (1 - reverse_weight) * score + reverse_weight * r2l_score
+    ctc_scores = torch.tensor([h.score for nbest in nbests for h in nbest], dtype=torch.float64)
+    score = score.cpu() + ctc_weight * ctc_scores
+    results, start = [], 0
+    for nbest in nbests:
+        best = start + int(score[start : start + len(nbest)].argmax())  # first of equal maxima
+        results.append(Hypothesis(hyps[best], float(score[best])))
+        start += len(nbest)
+    return results
+
+
+@torch.no_grad()
+def attention_beam_search(
+    model, enc: torch.Tensor, enc_lengths: torch.Tensor, beam_size: int
+) -> list[Hypothesis]:
+    """Beam search with the left-to-right decoder alone (WeNet's `attention` mode).
+
+    enc (B, T, d), enc_lengths (B,). Hypotheses grow one token per step for all utterances
+    at once, until every beam has emitted eos or T tokens were emitted (T: the longest
+    utterance of the batch, as WeNet does). Score: sum of token and eos log-probs.
+    """
+    decoder = model.decoder.left_decoder
+    batch, max_len, _ = enc.shape
+    device, running = enc.device, batch * beam_size
+    sos, eos = model.sos, model.eos
+    memory = enc.repeat_interleave(beam_size, dim=0)  # (B*N, T, d)
+    memory_mask = (torch.arange(max_len, device=device) < enc_lengths.unsqueeze(1)).unsqueeze(1)
+    memory_mask = memory_mask.repeat_interleave(beam_size, dim=0)  # (B*N, 1, T)
+    hyps = torch.full((running, 1), sos, dtype=torch.long, device=device)
+    # only the first beam of each utterance is alive at the start
+    scores = torch.full((batch, beam_size), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    scores = scores.view(running, 1)
+    # a finished beam continues with one eos at no cost; its other branches are dead
+    finished_logp = torch.full((beam_size,), NEG_INF, device=device)
+    finished_logp[0] = 0.0
+    finished = torch.zeros(running, 1, dtype=torch.bool, device=device)
+    base = torch.arange(batch, device=device).unsqueeze(1) * beam_size  # (B, 1)
+    cache = None
+    for step in range(1, max_len + 1):
+        if finished.all():
+            break
+        causal = torch.ones(step, step, dtype=torch.bool, device=device).tril()
+        logp, cache = decoder.forward_one_step(
+            memory, memory_mask, hyps, causal.expand(running, step, step), cache
+        )
+        top_logp, top_ids = logp.topk(beam_size, dim=-1)  # (B*N, N)
+        top_logp = torch.where(finished, finished_logp, top_logp)
+        top_ids = top_ids.masked_fill(finished, eos)
+        candidates = (scores + top_logp).view(batch, beam_size * beam_size)
+        best_scores, best = candidates.topk(beam_size, dim=-1)  # (B, N)
+        parent = (base + best // beam_size).view(-1)  # (B*N,)
+        token = top_ids.view(batch, -1).gather(1, best).view(-1, 1)
+        cache = [c.index_select(0, parent) for c in cache]
+        hyps = torch.cat([hyps.index_select(0, parent), token], dim=1)
+        scores = best_scores.view(running, 1)
+        finished = token == eos
+    best_beam = scores.view(batch, beam_size).argmax(dim=-1)
+    results = []
+    for b in range(batch):
+        row = b * beam_size + int(best_beam[b])
+        tokens = hyps[row, 1:]
+        results.append(Hypothesis(tokens[tokens != eos].tolist(), float(scores[row])))
+    return results
+
+
+@dataclass
+class BatchDecoding:
+    hyps: dict[str, list[Hypothesis]]  # mode -> best hypothesis of each utterance
+    ctc_log_probs: torch.Tensor  # (B, T', V)
+    enc_lengths: torch.Tensor  # (B,)
+    # wall seconds: "encoder" (encoder + CTC head, shared by all modes), and per mode its own
+    # search, counting the prefix beam search that attention_rescoring builds on
+    seconds: dict[str, float]
+
+
+@torch.no_grad()
+def decode_batch(
+    model, feats: torch.Tensor, feats_lengths: torch.Tensor, cfg: DecodeConfig
+) -> BatchDecoding:
+    """Decode a batch in every mode of `cfg.modes`, sharing one encoder pass.
+
+    feats (B, T, input_dim) raw fbank, feats_lengths (B,). The encoder sees the whole
+    utterance with a chunk mask of cfg.chunk_size frames and cfg.num_left_chunks chunks of
+    left context (-1, -1: full context), which equals chunk-by-chunk streaming.
+    """
+    start = time.perf_counter()
+    enc, enc_lengths = model.encode(feats, feats_lengths, cfg.chunk_size, cfg.num_left_chunks)
+    ctc_log_probs = model.ctc_log_probs(enc)
+    seconds = {"encoder": time.perf_counter() - start}
+    nbests, nbest_seconds = None, 0.0
+    if any(mode in NBEST_MODES for mode in cfg.modes):
+        start = time.perf_counter()
+        nbests = ctc_prefix_beam_search(ctc_log_probs.cpu(), enc_lengths.cpu(), cfg.beam_size)
+        nbest_seconds = time.perf_counter() - start
+    hyps: dict[str, list[Hypothesis]] = {}
+    for mode in cfg.modes:
+        start = time.perf_counter()
+        if mode == "ctc_greedy_search":
+            hyps[mode] = ctc_greedy_search(ctc_log_probs, enc_lengths)
+        elif mode == "attention":
+            hyps[mode] = attention_beam_search(model, enc, enc_lengths, cfg.beam_size)
+        elif mode == "ctc_prefix_beam_search":
+            hyps[mode] = [nbest[0] for nbest in nbests]
+        else:
+            hyps[mode] = attention_rescoring(
+                model, nbests, enc, enc_lengths, cfg.ctc_weight, cfg.reverse_weight
+            )
+        seconds[mode] = time.perf_counter() - start
+        if mode in NBEST_MODES:
+            seconds[mode] += nbest_seconds
+    return BatchDecoding(hyps, ctc_log_probs, enc_lengths, seconds)
