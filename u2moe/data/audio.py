@@ -50,6 +50,8 @@ def load_audio(path: str | Path, start: float = 0.0, end: float | None = None) -
     else:
         if not Path(spec).is_file():
             raise AudioError(spec, "audio file not found")
+        if Path(spec).stat().st_size == 0:
+            raise AudioError(spec, "empty audio")
         try:
             info = sf.info(spec)
             _check_complete(spec, info)
