@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from u2moe.decode.config import DecodeConfig
+from u2moe.model.u2 import decoder_inputs
 
 NEG_INF = float("-inf")
 NBEST_MODES = ("ctc_prefix_beam_search", "attention_rescoring")  # built on the CTC n-best
@@ -113,12 +114,9 @@ def ctc_prefix_beam_search(
     return nbests
 
 
-def _padded(token_lists: list[list[int]], fill: int, device: torch.device) -> torch.Tensor:
-    """Lists of ids -> (N, max_len) long tensor padded with `fill`."""
-    out = torch.full((len(token_lists), max(map(len, token_lists))), fill, dtype=torch.long)
-    for i, tokens in enumerate(token_lists):
-        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    return out.to(device)
+def _shift_left(hyps_in: torch.Tensor, eos: int) -> torch.Tensor:
+    """Decoder inputs (N, L) = sos + hyp + eos padding -> targets (N, L) = hyp + eos padding."""
+    return torch.cat([hyps_in[:, 1:], torch.full_like(hyps_in[:, :1], eos)], dim=1)
 
 
 def _sequence_log_probs(log_probs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor):
@@ -144,22 +142,18 @@ def attention_rescoring(
     Returns the best hypothesis per utterance, scored
     ctc_weight * ctc + (1 - reverse_weight) * l2r + reverse_weight * r2l.
     """
-    eos = model.eos
     hyps = [h.tokens for nbest in nbests for h in nbest]
     owner = torch.tensor([b for b, nbest in enumerate(nbests) for _ in nbest], device=enc.device)
-    lengths = torch.tensor([len(h) + 1 for h in hyps], device=enc.device)  # with sos / eos
-    l2r_in = _padded([[model.sos, *h] for h in hyps], eos, enc.device)
-    r2l_in = _padded([[model.sos, *h[::-1]] for h in hyps], eos, enc.device)
+    l2r_in, lengths, r2l_in = decoder_inputs(hyps, model.sos, model.eos, enc.device)
     l2r, r2l = model.decoder_log_probs(
         enc[owner], enc_lengths[owner], l2r_in, lengths, r2l_in if reverse_weight > 0 else None
     )
-    # position j predicts token j of the hypothesis, position len predicts eos
-    score = _sequence_log_probs(l2r, _padded([[*h, eos] for h in hyps], eos, enc.device), lengths)
+    # position j predicts token j of the hypothesis, position len(hyp) predicts eos
+    score = _sequence_log_probs(l2r, _shift_left(l2r_in, model.eos), lengths)
     if reverse_weight > 0:
         if r2l is None:
             raise ValueError("reverse_weight > 0 needs a model with a right-to-left decoder")
-        r2l_targets = _padded([[*h[::-1], eos] for h in hyps], eos, enc.device)
-        r2l_score = _sequence_log_probs(r2l, r2l_targets, lengths)
+        r2l_score = _sequence_log_probs(r2l, _shift_left(r2l_in, model.eos), lengths)
         score = (1 - reverse_weight) * score + reverse_weight * r2l_score
     ctc_scores = torch.tensor([h.score for nbest in nbests for h in nbest], dtype=torch.float64)
     score = score.cpu() + ctc_weight * ctc_scores
