@@ -4,6 +4,8 @@ pointwise_conv1 -> GLU -> depthwise_conv -> LayerNorm or BatchNorm -> activation
 pointwise_conv2. Causal: the depthwise convolution sees only past frames (left padding of
 kernel-1 frames); in streaming those frames come from a cache instead of zeros.
 Non-causal: symmetric padding, odd kernel. Padded frames are zeroed before and after.
+As in WeNet, padding (left padding, and in a batch the frames past an utterance's end)
+is zeroed before pointwise_conv1, so the depthwise convolution sees GLU of its bias there.
 """
 
 import torch
