@@ -18,7 +18,10 @@ import torch
 from u2moe.config import parse_section
 from u2moe.errors import UserError
 from u2moe.model.config import ModelConfig
+from u2moe.model.io import load_weights
+from u2moe.model.u2 import U2Model
 
+_CMVN_MEAN, _CMVN_ISTD = "encoder.global_cmvn.mean", "encoder.global_cmvn.istd"
 _SUBSAMPLING = {"conv2d": 4, "conv2d6": 6, "conv2d8": 8}
 _ACTIVATIONS = {"swish", "relu", "gelu"}
 _CONV_NORMS = {"batch_norm", "layer_norm"}
@@ -212,6 +215,30 @@ def convert_state_dict(
     return sd
 
 
+def build_model(
+    conf: dict[str, Any],
+    wenet_sd: dict[str, torch.Tensor],
+    cmvn: tuple[torch.Tensor, torch.Tensor] | None = None,
+    where: str = "checkpoint",
+) -> U2Model:
+    """A U2Model (eval mode) from WeNet's train.yaml dict and state dict.
+
+    cmvn (mean, istd) replaces the checkpoint's global CMVN; without it the checkpoint's
+    own (`encoder.global_cmvn.*`) is used, or the identity if it has none.
+    """
+    cfg = config_from_wenet(conf)
+    sd = convert_state_dict(wenet_sd, cfg)
+    model = U2Model(cfg)
+    if cmvn is not None:
+        sd[_CMVN_MEAN], sd[_CMVN_ISTD] = cmvn
+    elif _CMVN_MEAN not in sd and _CMVN_ISTD not in sd:
+        # WeNet saves the CMVN buffers of a model that has one: none means none was used.
+        sd[_CMVN_MEAN] = model.encoder.global_cmvn.mean
+        sd[_CMVN_ISTD] = model.encoder.global_cmvn.istd
+    load_weights(model, sd, where)
+    return model.eval()
+
+
 def load_wenet_cmvn(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """WeNet's global_cmvn (JSON `mean_stat/var_stat/frame_num`, or a Kaldi text matrix)
     -> (mean (D,), istd (D,)), computed in float64 as WeNet does."""
@@ -230,8 +257,25 @@ def load_wenet_cmvn(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         mean_stat, var_stat, count = stats["mean_stat"], stats["var_stat"], stats["frame_num"]
     except (json.JSONDecodeError, TypeError, KeyError):
         mean_stat, var_stat, count = _kaldi_cmvn_stats(text, path)
-    if len(mean_stat) != len(var_stat) or not mean_stat or not count or count <= 0:
-        raise UserError(f"{path}: malformed CMVN statistics")
+    return cmvn_from_stats(mean_stat, var_stat, count, str(path))
+
+
+def cmvn_from_stats(
+    mean_stat: list[float], var_stat: list[float], count: float, where: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums, sums of squares and frame count -> (mean (D,), istd (D,)) float32, computed
+    in float64 with WeNet's variance floor of 1e-20."""
+    numbers = (int, float)
+    if (
+        not isinstance(mean_stat, list)
+        or not isinstance(var_stat, list)
+        or not mean_stat
+        or len(mean_stat) != len(var_stat)
+        or not all(isinstance(x, numbers) for x in mean_stat + var_stat)
+        or not isinstance(count, numbers)
+        or count <= 0
+    ):
+        raise UserError(f"{where}: malformed CMVN statistics")
     means, istds = [], []
     for m, v in zip(mean_stat, var_stat, strict=True):
         mean = m / count
