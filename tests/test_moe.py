@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from u2moe.model.moe import FeedForward, MoEFeedForward
+from u2moe.model.packing import PackedLinear, PackedMoEFeedForward, pack_for_cpu
 
 
 @pytest.mark.parametrize("n_experts, top_k", [(8, 2), (4, 1), (3, 3), (16, 4)])
@@ -52,3 +53,82 @@ def test_gradients_reach_router_and_experts():
 def test_top_k_larger_than_experts_is_rejected():
     with pytest.raises(ValueError, match="top_k"):
         MoEFeedForward(8, 16, nn.SiLU(), n_experts=2, top_k=3)
+
+
+def test_fast_dispatch_handles_empty_input_and_idle_experts():
+    torch.manual_seed(3)
+    moe = MoEFeedForward(8, 16, nn.SiLU(), n_experts=8, top_k=2).eval()
+    assert moe(torch.randn(0, 4, 8)).shape == (0, 4, 8)
+    x = torch.randn(1, 8).expand(5, 8)  # identical frames: 2 experts busy, 6 idle
+    torch.testing.assert_close(moe(x), moe.forward_reference(x), atol=1e-6, rtol=1e-5)
+
+
+def test_fast_dispatch_gradients_equal_reference():
+    torch.manual_seed(4)
+    moe = MoEFeedForward(16, 32, nn.SiLU(), n_experts=4, top_k=2)
+    x = torch.randn(2, 9, 16)
+    grads = []
+    for forward in (moe.forward, moe.forward_reference):
+        moe.zero_grad()
+        forward(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in moe.parameters()])
+    for fast, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_utilization_counts_every_routed_slot():
+    moe = MoEFeedForward(8, 16, nn.SiLU(), n_experts=4, top_k=2)
+    moe.track_utilization = True
+    moe(torch.randn(3, 5, 8))
+    assert moe.expert_counts.sum().item() == 3 * 5 * 2
+
+
+def test_torch_export_with_dynamic_frames_matches_eager():
+    """The exporter's route: torch.export with a dynamic frame count, no retrace per size."""
+    torch.manual_seed(5)
+    moe = MoEFeedForward(16, 32, nn.SiLU(), n_experts=4, top_k=2).eval()
+    frames = torch.export.Dim("frames", min=1, max=4096)
+    program = torch.export.export(moe, (torch.randn(1, 7, 16),), dynamic_shapes=({1: frames},))
+    exported = program.module()
+    for n in (1, 3, 40, 333):
+        x = torch.randn(1, n, 16)
+        torch.testing.assert_close(exported(x), moe.forward_reference(x), atol=1e-5, rtol=1e-5)
+
+
+def _ffn_stack(d_model=64, d_ff=128):
+    torch.manual_seed(6)
+    return nn.Sequential(
+        FeedForward(d_model, d_ff, nn.SiLU()),
+        MoEFeedForward(d_model, d_ff, nn.SiLU(), n_experts=4, top_k=2),
+        nn.Linear(d_model, d_model),
+    ).eval()
+
+
+def test_packed_float32_equals_eager():
+    model = _ffn_stack()
+    x = torch.randn(2, 11, 64)
+    with torch.no_grad():
+        expected = model(x)
+        pack_for_cpu(model, "float32")
+        assert isinstance(model[1], PackedMoEFeedForward) and isinstance(model[2], PackedLinear)
+        assert isinstance(model[0].w_1, PackedLinear)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model[1](x), model[1].forward_reference(x), atol=1e-5, rtol=0)
+
+
+def test_packed_int8_is_close_to_float32_and_routes_the_same():
+    model = _ffn_stack()
+    x = torch.randn(2, 50, 64)
+    with torch.no_grad():
+        expected = model(x)
+        experts = model[1].route(x.reshape(-1, 64))[1]
+        pack_for_cpu(model, "int8")
+        out = model(x)
+        assert torch.equal(model[1].route(x.reshape(-1, 64))[1], experts)
+    relative_error = (out - expected).norm() / expected.norm()
+    assert 0 < relative_error < 0.05  # five int8 GEMMs in a row, 7-bit activations
+
+
+def test_packing_rejects_unknown_weights():
+    with pytest.raises(ValueError, match="weights"):
+        pack_for_cpu(_ffn_stack(), "int4")

@@ -5,7 +5,8 @@ top_k raw logits are softmax-normalized, and the output is the weighted sum of t
 selected experts, each a dense FFN. No auxiliary loss unless asked for.
 
 Expert weights are stacked into (n_experts, ...) tensors so that dispatch can index
-them without Python-level module lists.
+them without Python-level module lists. For CPU inference, `u2moe.model.packing` swaps in
+the same layer with prepacked fp32 or int8 expert weights (only `expert` differs).
 """
 
 import torch
@@ -83,24 +84,33 @@ class MoEFeedForward(nn.Module):
         return F.linear(h, self.w_2[e], self.b_2[e])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fast dispatch: sort frame-slots by expert once, one GEMM pair per active expert."""
+        """Fast dispatch: sort the N*k frame-slots by expert once, one GEMM pair per expert.
+
+        Each expert that received frames runs on one contiguous block of the sorted
+        frames (its weights are read once per call, however many frames chose it);
+        experts without frames cost nothing. The outputs go back to slot order and are
+        mixed with the router weights. Exportable with torch.export (a dynamic number of
+        frames): there, per-expert counts are data-dependent, so every expert runs, on
+        a possibly empty block.
+        """
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        weights, experts = self.route(x)
-        flat_experts = experts.flatten()  # (N*k,) slot s belongs to frame s // k
-        order = flat_experts.argsort(stable=True)
-        counts = torch.bincount(flat_experts, minlength=self.n_experts).tolist()
-        frames = order // self.top_k
-        slot_weights = weights.flatten()[order].unsqueeze(-1)
-        out = torch.zeros_like(x)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = frames[start : start + n]
-            out.index_add_(0, idx, self.expert(e, x[idx]) * slot_weights[start : start + n])
-            start += n
-        return out.reshape(shape)
+        weights, experts = self.route(x)  # (N, k), (N, k)
+        sorted_experts, order = experts.flatten().sort(stable=True)  # slot s: frame s // k
+        edges = torch.arange(self.n_experts + 1, device=x.device)
+        bounds = torch.searchsorted(sorted_experts, edges).tolist()  # block e: [b[e], b[e+1])
+        x_sorted = x[order // self.top_k]  # (N*k, d)
+        run_all = torch.compiler.is_compiling() or x.shape[0] == 0
+        y_sorted = torch.cat(
+            [
+                self.expert(e, x_sorted[bounds[e] : bounds[e + 1]])
+                for e in range(self.n_experts)
+                if run_all or bounds[e + 1] > bounds[e]
+            ]
+        )
+        y = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted)  # (N*k, d) slot order
+        y = torch.bmm(weights.unsqueeze(1), y.view(-1, self.top_k, shape[-1]))
+        return y.reshape(shape)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain dispatch (a loop over experts with masks): the oracle for `forward`."""

@@ -1,0 +1,138 @@
+"""One FFN layer: dense vs MoE (reference loop) vs MoE (fast dispatch), side by side.
+
+    python benchmarks/moe_layer.py                      # d 512, d_ff 2048, 8 experts, top-2
+    python benchmarks/moe_layer.py --layers 8           # weights streamed from DRAM
+
+Every variant runs on the same input, repetitions interleaved (dense, ref, fast, dense,
+...) and the median taken, so the ratios compare like with like on a shared machine.
+Weights (`--weights`): eager nn.Parameters through F.linear (the training path), or
+packed once for CPU inference by `u2moe.model.packing.pack_for_cpu` (fp32 or int8); each
+MoE ratio is to the dense FFN with the same weights.
+
+Floors printed beside the ratios:
+- compute: top_k (each frame runs top_k expert FFNs, each as costly as the dense FFN);
+- memory: distinct experts selected per call x bytes of one expert / bytes of the dense
+  FFN, what a call costs when reading weights dominates (small chunks on CPU); an expert
+  has the dense FFN's shape, so this is the number of distinct experts selected.
+`--layers N` cycles through N independent copies of each layer, so that the weights of
+dense and MoE alike come from DRAM as in a whole model (22 blocks do not fit any cache);
+with 1 the dense FFN (8 MB) stays in the last-level cache while the experts (64 MB) may not.
+Inputs are smooth in time (`--input smooth`, neighbouring frames close, like encoder
+activations, so they often choose the same experts) or i.i.d. (`--input iid`).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from u2moe.model.moe import FeedForward, MoEFeedForward
+from u2moe.model.packing import pack_for_cpu
+
+
+def make_input(frames: int, d_model: int, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """(1, frames, d_model): i.i.d. Gaussian, or an AR(1) process with correlation 0.9."""
+    noise = torch.randn(frames, d_model, generator=generator)
+    if kind == "smooth":
+        for t in range(1, frames):
+            noise[t] = 0.9 * noise[t - 1] + 0.19**0.5 * noise[t]
+    return noise.unsqueeze(0)
+
+
+def distinct_experts(layers: list[MoEFeedForward], x: torch.Tensor) -> float:
+    """Mean over layers of how many different experts the frames of x select."""
+    counts = [layer.route(x.reshape(-1, x.shape[-1]))[1].unique().numel() for layer in layers]
+    return sum(counts) / len(counts)
+
+
+def time_variants(variants: dict, x: torch.Tensor, reps: int) -> dict[str, float]:
+    """Median seconds per layer call of each variant (a list of layer callables)."""
+    times = {name: [] for name in variants}
+    for fns in variants.values():  # warm-up: allocator, packing, caches
+        for fn in fns:
+            fn(x)
+    for _ in range(reps):
+        for name, fns in variants.items():
+            start = time.perf_counter()
+            for fn in fns:
+                fn(x)
+            times[name].append((time.perf_counter() - start) / len(fns))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def build_variants(args, weights: str) -> tuple[dict, list[MoEFeedForward]]:
+    """Dense, MoE reference and MoE fast layer callables (args.layers copies each)."""
+    torch.manual_seed(0)  # the same weights for every backend
+    dtype = getattr(torch, args.dtype)
+    dense = [FeedForward(args.d_model, args.d_ff, nn.SiLU()) for _ in range(args.layers)]
+    moe = [
+        MoEFeedForward(args.d_model, args.d_ff, nn.SiLU(), args.experts, args.top_k)
+        for _ in range(args.layers)
+    ]
+    dense = [m.eval().to(dtype) for m in dense]
+    moe = [m.eval().to(dtype) for m in moe]
+    if weights != "eager":
+        dense = [pack_for_cpu(m, weights) for m in dense]
+        moe = [pack_for_cpu(nn.ModuleList([m]), weights)[0] for m in moe]
+    variants = {"dense": dense, "moe_ref": [m.forward_reference for m in moe], "moe_fast": moe}
+    return variants, moe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 250, 1000, 4000])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--d-model", type=int, default=512)
+    parser.add_argument("--d-ff", type=int, default=2048)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=1, help="independent copies cycled")
+    parser.add_argument("--input", choices=["smooth", "iid"], default="smooth")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        choices=["eager", "float32", "int8"],
+        default=["eager", "float32", "int8"],
+        help="eager: nn.Parameters through F.linear; float32/int8: pack_for_cpu",
+    )
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds per row (about)")
+    args = parser.parse_args()
+
+    print(
+        f"d_model {args.d_model}, d_ff {args.d_ff}, {args.experts} experts, top-{args.top_k}, "
+        f"{args.dtype}, {args.layers} layer copies, {args.input} input; "
+        f"compute floor {float(args.top_k):.1f}"
+    )
+    generator = torch.Generator().manual_seed(0)
+    inputs = {n: make_input(n, args.d_model, args.input, generator) for n in args.frames}
+    backends = {w: build_variants(args, w) for w in args.weights}
+    dtype = getattr(torch, args.dtype)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n{threads} thread(s): ms per layer call; ratios to dense of the same weights")
+        print(
+            f"{'frames':>6} {'weights':>8} {'dense':>9} {'moe_ref':>9} {'moe_fast':>9}"
+            f" {'ref/dense':>9} {'fast/dense':>10} {'fast/ref':>8} {'mem floor':>9}"
+        )
+        for frames, x in inputs.items():
+            x = x.to(dtype)
+            for weights, (variants, moe) in backends.items():
+                with torch.inference_mode():
+                    probe = time_variants({"dense": variants["dense"]}, x, reps=1)["dense"]
+                    reps = max(5, min(200, int(args.budget / (probe * args.layers * 6))))
+                    t = time_variants(variants, x, reps)
+                    experts = distinct_experts(moe, x)
+                print(
+                    f"{frames:>6} {weights:>8} {t['dense'] * 1e3:>9.3f} {t['moe_ref'] * 1e3:>9.3f}"
+                    f" {t['moe_fast'] * 1e3:>9.3f} {t['moe_ref'] / t['dense']:>9.2f}"
+                    f" {t['moe_fast'] / t['dense']:>10.2f} {t['moe_fast'] / t['moe_ref']:>8.2f}"
+                    f" {experts:>9.1f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
