@@ -5,8 +5,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from u2moe.decode.search import CtcPrefixBeamSearch, ctc_greedy_search, ctc_prefix_beam_search
+from u2moe.decode.config import DecodeConfig
+from u2moe.decode.search import (
+    CtcPrefixBeamSearch,
+    Hypothesis,
+    attention_beam_search,
+    attention_rescoring,
+    ctc_greedy_search,
+    ctc_prefix_beam_search,
+    decode_batch,
+)
 from u2moe.decode.timestamps import ctc_spikes, token_times, word_times
+from u2moe.model.config import DecoderConfig, EncoderConfig, ModelConfig
+from u2moe.model.io import load_weights
+from u2moe.model.u2 import U2Model
+from u2moe.model.wenet import config_from_wenet, convert_state_dict
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
@@ -117,3 +130,90 @@ def test_word_times_group_pieces_at_word_boundaries():
     ]
     chars = word_times(["h", "i", "▁", "y", "o"], times)
     assert [(w.text, w.start, w.end) for w in chars] == [("hi", 0.0, 0.2), ("yo", 0.3, 0.5)]
+
+
+def tiny_model(vocab_size=12, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=vocab_size,
+        encoder=EncoderConfig(d_model=32, n_heads=2, d_ff=48, n_layers=2, kernel_size=5),
+        decoder=DecoderConfig(n_heads=2, d_ff=48, n_layers=2, n_r2l_layers=1),
+    )
+    return U2Model(cfg).eval()
+
+
+def test_attention_rescoring_combines_ctc_and_both_decoders():
+    model = tiny_model()
+    enc = torch.randn(2, 9, 32)
+    enc_lengths = torch.tensor([9, 6])
+    nbests = [
+        [Hypothesis([3, 4, 4], -1.0), Hypothesis([5], -2.5), Hypothesis([], -9.0)],
+        [Hypothesis([7, 2], -0.5)],
+    ]
+    ctc_weight, reverse_weight = 0.3, 0.4
+    got = attention_rescoring(model, nbests, enc, enc_lengths, ctc_weight, reverse_weight)
+    eos = model.eos
+    for b, nbest in enumerate(nbests):
+        expected = []
+        for hyp in nbest:  # one hypothesis at a time, unpadded
+            tokens = hyp.tokens
+            l2r, r2l = model.decoder_log_probs(
+                enc[b : b + 1, : enc_lengths[b]],
+                enc_lengths[b : b + 1],
+                torch.tensor([[model.sos, *tokens]]),
+                torch.tensor([len(tokens) + 1]),
+                torch.tensor([[model.sos, *tokens[::-1]]]),
+            )
+            l2r_score = sum(l2r[0, j, u].item() for j, u in enumerate([*tokens, eos]))
+            r2l_score = sum(r2l[0, j, u].item() for j, u in enumerate([*tokens[::-1], eos]))
+            att = (1 - reverse_weight) * l2r_score + reverse_weight * r2l_score
+            expected.append(att + ctc_weight * hyp.score)
+        best = max(range(len(nbest)), key=lambda i: expected[i])
+        assert got[b].tokens == nbest[best].tokens
+        assert got[b].score == pytest.approx(expected[best], abs=1e-4)
+
+
+def test_attention_beam_of_one_is_greedy_decoding():
+    model = tiny_model(seed=1)
+    enc = torch.randn(2, 7, 32)
+    enc_lengths = torch.tensor([7, 5])
+    got = attention_beam_search(model, enc, enc_lengths, beam_size=1)
+    for b in range(2):
+        tokens, score = [], 0.0
+        for _ in range(7):  # at most T (the longest utterance) steps, as WeNet
+            l2r, _ = model.decoder_log_probs(
+                enc[b : b + 1],
+                enc_lengths[b : b + 1],
+                torch.tensor([[model.sos, *tokens]]),
+                torch.tensor([len(tokens) + 1]),
+            )
+            logp, token = l2r[0, -1].max(dim=-1)
+            score += logp.item()
+            if token.item() == model.eos:
+                break
+            tokens.append(token.item())
+        assert got[b].tokens == tokens
+        assert got[b].score == pytest.approx(score, abs=1e-4)
+
+
+def wenet_model(name):
+    data = fixture(name)
+    cfg = config_from_wenet(data["config"])
+    model = U2Model(cfg)
+    load_weights(model, convert_state_dict(data["state_dict"], cfg), name)
+    return data, model.eval()
+
+
+@pytest.mark.parametrize("name", ["dense", "moe"])
+@pytest.mark.parametrize("result, chunk_size", [("decode_full", -1), ("decode_chunk4", 4)])
+def test_every_mode_matches_wenet_decoding(name, result, chunk_size):
+    data, model = wenet_model(name)
+    expected = data["outputs"][result]
+    params = data["outputs"]["decode_full_params"]
+    cfg = DecodeConfig(modes=list(expected), chunk_size=chunk_size, **params)
+    decoded = decode_batch(model, data["inputs"]["feats"], data["inputs"]["feats_lengths"], cfg)
+    for mode, refs in expected.items():
+        for hyp, ref in zip(decoded.hyps[mode], refs, strict=True):
+            assert list(hyp.tokens) == list(ref["tokens"]), (mode, ref)
+            if mode in ("ctc_prefix_beam_search", "attention_rescoring"):  # WeNet's scores
+                assert hyp.score == pytest.approx(ref["score"], rel=1e-4)

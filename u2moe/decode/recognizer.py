@@ -178,7 +178,7 @@ class Recognizer:
 
     def _times(self) -> tuple[float, float]:
         start = self.utterance_start * self.feature_cfg.frame_shift / 1000
-        return start, start + self.offset * self.frame_shift
+        return round(start, 3), round(start + self.offset * self.frame_shift, 3)
 
     def _partial_result(self) -> RecognitionResult:
         tokens = self.search.nbest()[0].tokens
