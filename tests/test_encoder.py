@@ -193,3 +193,15 @@ def test_convolution_causality(norm):
             changed = (conv(x)[0] - conv(later)[0]).abs().amax(dim=-1)[0] > 1e-6
         assert changed[12:].all()
         assert changed[:12].any() == sees_future
+
+
+def test_chunk_generator_follows_torch_seed():
+    cfg = tiny_config()
+    torch.manual_seed(11)
+    a = ConformerEncoder(cfg).chunk_generator
+    torch.manual_seed(11)
+    b = ConformerEncoder(cfg).chunk_generator
+    torch.manual_seed(12)
+    c = ConformerEncoder(cfg).chunk_generator
+    assert torch.equal(a.get_state(), b.get_state())
+    assert not torch.equal(a.get_state(), c.get_state())

@@ -117,9 +117,11 @@ class ConformerEncoderLayer(nn.Module):
 class ConformerEncoder(nn.Module):
     """Raw fbank (B, T, input_dim) -> encoder frames (B, T', d_model).
 
-    Training chunk sizes are drawn from `chunk_generator` (a CPU torch.Generator): seed it
-    identically on every rank (`encoder.chunk_generator.manual_seed(seed)`) and save its
-    `get_state()` with a checkpoint to resume the same draws.
+    Training chunk sizes are drawn from `chunk_generator`, a CPU torch.Generator seeded with
+    torch's seed at construction (`torch.initial_seed()`, which does not advance torch's
+    RNG): ranks that call torch.manual_seed(seed) alike before building the model draw the
+    same chunk sizes, batch after batch. Save its `get_state()` with a checkpoint to resume
+    the same draws.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -134,7 +136,7 @@ class ConformerEncoder(nn.Module):
         self.output_size = enc.d_model
         self.subsampling_rate = self.embed.subsampling_rate
         self.right_context = self.embed.right_context
-        self.chunk_generator = torch.Generator()
+        self.chunk_generator = torch.Generator().manual_seed(torch.initial_seed())
 
     def forward(
         self,
