@@ -3,8 +3,8 @@
 WeNet's module names are kept in u2moe, so a dense checkpoint maps by identity; the
 differences are MoE layers (WeNet keeps a ModuleList of experts and a `gate`, u2moe
 stacks expert weights and calls the gate `router`), a plain `transformer` decoder
-(u2moe always nests it as `decoder.left_decoder`), and the positional-encoding tables
-that WeNet saves but u2moe recomputes.
+(u2moe always nests it as `decoder.left_decoder`), the output layer of x6/x8
+subsampling, and the positional-encoding tables that WeNet saves but u2moe recomputes.
 """
 
 import json
@@ -179,8 +179,9 @@ def convert_state_dict(
 
     Positional-encoding tables (`...pe`) are dropped: u2moe recomputes them. A plain
     `transformer` decoder becomes `decoder.left_decoder`; an unused right decoder of a
-    `bitransformer` with r_num_blocks 0 is dropped. Keys are otherwise kept as they are,
-    so mismatches surface when the result is loaded into a U2Model.
+    `bitransformer` with r_num_blocks 0 is dropped; `encoder.embed.linear` (x6 and x8
+    subsampling) becomes `encoder.embed.out.0`. Keys are otherwise kept as they are, so
+    mismatches surface when the result is loaded into a U2Model.
     """
     sd: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
@@ -197,7 +198,9 @@ def convert_state_dict(
             prefix, index, name = match.groups()
             experts.setdefault(prefix, {}).setdefault(int(index), {})[name] = value
             continue
-        sd[re.sub(r"\.gate\.weight$", ".router.weight", key)] = value
+        key = re.sub(r"\.gate\.weight$", ".router.weight", key)
+        # WeNet's Conv2dSubsampling6/8 call their output layer `linear`, x4 calls it `out.0`.
+        sd[re.sub(r"^encoder\.embed\.linear\.", "encoder.embed.out.0.", key)] = value
     for prefix, by_index in experts.items():
         indices = sorted(by_index)
         if indices != list(range(len(indices))):
