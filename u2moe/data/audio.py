@@ -16,6 +16,7 @@ import soxr
 from u2moe.errors import UserError
 
 SAMPLE_RATE = 16000
+MIN_SAMPLE_RATE = 8000  # lower rates lack most of the speech band
 
 # libsndfile's log for a WAV whose data chunk is shorter than its header says.
 _SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -64,6 +65,8 @@ def load_audio(path: str | Path, start: float = 0.0, end: float | None = None) -
             raise AudioError(spec, "unreadable audio", str(e).splitlines()[0]) from None
     if samples.shape[0] == 0:
         raise AudioError(spec, "empty audio")
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError(spec, "unsupported sample rate", f"{rate} Hz; need 8 kHz+")
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
     return resample(np.ascontiguousarray(mono), rate, SAMPLE_RATE)
 
