@@ -40,7 +40,7 @@ class PositionalEncoding(nn.Module):
         """(1, size, d): encodings of positions offset .. offset + size - 1."""
         if offset + size > self.pe.size(1):
             table = sinusoid_table(2 * int(offset + size), self.d_model)
-            self.pe = table.unsqueeze(0).to(self.pe.device)
+            self.pe = table.unsqueeze(0).to(self.pe)
         return self.pe[:, offset : offset + size]
 
     def forward(
