@@ -81,9 +81,10 @@ def config_from_wenet(conf: dict[str, Any], where: str = "train.yaml") -> ModelC
 
     enc = _section(conf, "encoder_conf", where)
     dec = _section(conf, "decoder_conf", where)
+    enc_where, dec_where = f"{where}: encoder_conf", f"{where}: decoder_conf"
     model_conf = _section(conf, "model_conf", where)
-    _check_fixed(enc, _FIXED_ENCODER, f"{where}: encoder_conf")
-    _check_fixed(dec, _FIXED_DECODER, f"{where}: decoder_conf")
+    _check_fixed(enc, _FIXED_ENCODER, enc_where)
+    _check_fixed(dec, _FIXED_DECODER, dec_where)
     _check_special_tokens(conf, conf["output_dim"], where)
 
     input_layer = enc.get("input_layer", "conv2d")
@@ -105,8 +106,8 @@ def config_from_wenet(conf: dict[str, Any], where: str = "train.yaml") -> ModelC
         "activation_type", "tie_word_embedding", "n_kv_head", "head_dim", "mlp_type",
         "n_expert", "n_expert_activated",
     }  # fmt: skip
-    _check_known(enc, encoder_keys | set(_FIXED_ENCODER) | _IGNORED, f"{where}: encoder_conf")
-    _check_known(dec, decoder_keys | set(_FIXED_DECODER) | _IGNORED, f"{where}: decoder_conf")
+    _check_known(enc, encoder_keys | set(_FIXED_ENCODER) | _IGNORED, enc_where)
+    _check_known(dec, decoder_keys | set(_FIXED_DECODER) | _IGNORED, dec_where)
     model_keys = {
         "ctc_weight", "reverse_weight", "lsm_weight", "length_normalized_loss", "ignore_id",
         "special_tokens", "apply_non_blank_embedding",
@@ -120,8 +121,8 @@ def config_from_wenet(conf: dict[str, Any], where: str = "train.yaml") -> ModelC
     d_model = enc.get("output_size", 256)
     enc_heads = enc.get("attention_heads", 4)
     dec_heads = dec.get("attention_heads", 4)
-    _check_heads(enc, d_model, enc_heads, f"{where}: encoder_conf")
-    _check_heads(dec, d_model, dec_heads, f"{where}: decoder_conf")
+    _check_heads(enc, d_model, enc_heads, enc_where)
+    _check_heads(dec, d_model, dec_heads, dec_where)
     encoder = dict(
         d_model=d_model,
         n_heads=enc_heads,
@@ -130,14 +131,14 @@ def config_from_wenet(conf: dict[str, Any], where: str = "train.yaml") -> ModelC
         subsampling=_SUBSAMPLING[input_layer],
         kernel_size=enc.get("cnn_module_kernel", 15),
         causal=enc.get("causal", False),
-        conv_norm=_choice(enc, "cnn_module_norm", "batch_norm", _CONV_NORMS, where),
-        activation=_choice(enc, "activation_type", "swish", _ACTIVATIONS, where),
+        conv_norm=_choice(enc, "cnn_module_norm", "batch_norm", _CONV_NORMS, enc_where),
+        activation=_choice(enc, "activation_type", "swish", _ACTIVATIONS, enc_where),
         macaron=enc.get("macaron_style", True),
         use_conv=enc.get("use_cnn_module", True),
         dropout=enc.get("dropout_rate", 0.1),
         positional_dropout=enc.get("positional_dropout_rate", 0.1),
         attention_dropout=enc.get("attention_dropout_rate", 0.0),
-        ffn=_ffn(enc, f"{where}: encoder_conf"),
+        ffn=_ffn(enc, enc_where),
     )
     bidirectional = decoder_type == "bitransformer"
     decoder = dict(
@@ -145,12 +146,12 @@ def config_from_wenet(conf: dict[str, Any], where: str = "train.yaml") -> ModelC
         d_ff=dec.get("linear_units", 2048),
         n_layers=dec.get("num_blocks", 6),
         n_r2l_layers=dec.get("r_num_blocks", 0) if bidirectional else 0,
-        activation=_choice(dec, "activation_type", "relu", _ACTIVATIONS, where),
+        activation=_choice(dec, "activation_type", "relu", _ACTIVATIONS, dec_where),
         dropout=dec.get("dropout_rate", 0.1),
         positional_dropout=dec.get("positional_dropout_rate", 0.1),
         self_attention_dropout=dec.get("self_attention_dropout_rate", 0.0),
         src_attention_dropout=dec.get("src_attention_dropout_rate", 0.0),
-        ffn=_ffn(dec, f"{where}: decoder_conf"),
+        ffn=_ffn(dec, dec_where),
     )
     chunk = dict(
         dynamic=enc.get("use_dynamic_chunk", False),
