@@ -71,18 +71,6 @@ def load_audio(path: str | Path, start: float = 0.0, end: float | None = None) -
     return resample(np.ascontiguousarray(mono), rate, SAMPLE_RATE)
 
 
-def audio_duration(path: str | Path) -> float:
-    """Duration in seconds from the file header (no decoding); pipes are decoded."""
-    spec = str(path).strip()
-    if spec.endswith("|"):
-        return len(load_audio(spec)) / SAMPLE_RATE
-    try:
-        info = sf.info(spec)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(spec, "unreadable audio", str(e).splitlines()[0]) from None
-    return info.frames / info.samplerate
-
-
 def _check_complete(path: str, info) -> None:
     """libsndfile reads a cut-off WAV silently; its log tells the declared and real sizes."""
     match = _SHORT_DATA.search(info.extra_info)

@@ -25,8 +25,7 @@ class Tokenizer:
     """`encode(text) -> ids`, `decode(ids) -> text`; `bpe` is None for characters."""
 
     def __init__(self, units: list[str], bpe: spm.SentencePieceProcessor | None = None):
-        if len(units) < 3 or units[0] != BLANK or units[1] != UNK or units[-1] != SOS_EOS:
-            raise UserError(f"units must start with {BLANK}, {UNK} and end with {SOS_EOS}")
+        _check_layout(units, "units")
         self.units = units
         self.bpe = bpe
         self._ids = {unit: i for i, unit in enumerate(units)}
@@ -82,9 +81,13 @@ def read_units(path: str | Path) -> list[str]:
     if sorted(units) != list(range(len(units))):
         raise UserError(f"{path}: ids are not 0..{len(units) - 1} without gaps")
     table = [units[i] for i in range(len(units))]
-    if len(table) < 3 or table[0] != BLANK or table[1] != UNK or table[-1] != SOS_EOS:
-        raise UserError(f"{path}: must start with '{BLANK} 0', '{UNK} 1' and end with {SOS_EOS}")
+    _check_layout(table, str(path))
     return table
+
+
+def _check_layout(units: list[str], where: str) -> None:
+    if len(units) < 3 or units[0] != BLANK or units[1] != UNK or units[-1] != SOS_EOS:
+        raise UserError(f"{where}: must start with '{BLANK} 0', '{UNK} 1' and end with {SOS_EOS}")
 
 
 def write_units(path: str | Path, units: list[str]) -> None:
