@@ -169,10 +169,12 @@ def test_moe_encoder_trains_with_padding_and_left_chunks():
     assert all(p.grad is None or p.grad.isfinite().all() for p in encoder.parameters())
 
 
-def test_too_short_input_is_a_user_error():
+def test_bad_input_is_a_user_error():
     encoder = tiny_encoder().eval()
     with pytest.raises(UserError, match="too short"):
         encoder(torch.randn(1, 6, 80), torch.tensor([6]))
+    with pytest.raises(UserError, match="features have 40 dimensions but the model takes 80"):
+        encoder(torch.randn(1, 60, 40), torch.tensor([60]))
 
 
 def test_positional_table_is_recomputed_and_grows():

@@ -133,10 +133,19 @@ class ConformerEncoder(nn.Module):
         self.embed = Conv2dSubsampling(cfg.input_dim, enc.d_model, enc.subsampling, pos_enc)
         self.encoders = nn.ModuleList(ConformerEncoderLayer(cfg) for _ in range(enc.n_layers))
         self.after_norm = nn.LayerNorm(enc.d_model)
+        self.input_dim = cfg.input_dim
         self.output_size = enc.d_model
         self.subsampling_rate = self.embed.subsampling_rate
         self.right_context = self.embed.right_context
         self.chunk_generator = torch.Generator().manual_seed(torch.initial_seed())
+
+    def check_feature_dim(self, feats: torch.Tensor) -> None:
+        """A one-line error when the features do not have the model's input_dim."""
+        if feats.size(-1) != self.input_dim:
+            raise UserError(
+                f"features have {feats.size(-1)} dimensions but the model takes "
+                f"{self.input_dim} (model.input_dim vs data.features.num_mel_bins)"
+            )
 
     def forward(
         self,
@@ -152,6 +161,7 @@ class ConformerEncoder(nn.Module):
         chunks of that many encoder frames with num_left_chunks chunks of left context
         (-1: all), and chunk_size <= 0 is full context (a static-chunk model's own chunk).
         """
+        self.check_feature_dim(feats)
         if feats.size(1) < self.right_context + 1:
             raise UserError(
                 f"input of {feats.size(1)} feature frames is too short: the encoder needs at "
@@ -187,6 +197,7 @@ class ConformerEncoder(nn.Module):
         """
         if chunk_feats.size(0) != 1:
             raise ValueError(f"forward_chunk takes one stream, got batch {chunk_feats.size(0)}")
+        self.check_feature_dim(chunk_feats)
         x, _, _ = self.embed(self.global_cmvn(chunk_feats), None, offset)
         cache_t = att_cache.size(2)
         key_t = cache_t + x.size(1)
