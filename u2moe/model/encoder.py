@@ -159,7 +159,7 @@ class ConformerEncoder(nn.Module):
         out_mask is True at real frames. In training mode the chunk comes from the cfg.chunk
         policy and the arguments are ignored; in eval mode chunk_size > 0 masks attention to
         chunks of that many encoder frames with num_left_chunks chunks of left context
-        (-1: all), and chunk_size <= 0 is full context (a static-chunk model's own chunk).
+        (-1: all); chunk_size <= 0 is full context (for a static-chunk model: its chunk).
         """
         self.check_feature_dim(feats)
         if feats.size(1) < self.right_context + 1:
