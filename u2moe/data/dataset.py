@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from u2moe.data.audio import SAMPLE_RATE, AudioError, load_audio
 from u2moe.data.augment import spec_augment, spec_sub, speed_perturb
 from u2moe.data.config import DataConfig
-from u2moe.data.features import compute_fbank, num_frames
+from u2moe.data.features import INT16_SCALE, compute_fbank, num_frames
 from u2moe.data.manifest import BadEntry, Manifest
 from u2moe.data.skips import SkipStats
 from u2moe.data.tokenizer import Tokenizer
@@ -162,7 +162,11 @@ class UtteranceBatches(IterableDataset):
         """(T, num_mel_bins): fbank, with dither and spectrum augmentation in training."""
         if item.rng is None:
             return compute_fbank(item.samples, 0.0, self.cfg.features)
-        feats = compute_fbank(item.samples, self.cfg.features.dither, self.cfg.features)
+        # Dither drawn from the utterance's generator: knf's own RNG runs on per process, so
+        # it would differ between worker layouts and after a resume that replays batches.
+        noise = item.rng.standard_normal(len(item.samples), dtype=np.float32)
+        dithered = item.samples + noise * np.float32(self.cfg.features.dither / INT16_SCALE)
+        feats = compute_fbank(dithered, 0.0, self.cfg.features)
         feats = spec_augment(feats, self.cfg.augment.spec_aug, item.rng)
         return spec_sub(feats, self.cfg.augment.spec_sub, item.rng)
 
