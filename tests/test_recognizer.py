@@ -164,5 +164,5 @@ def test_recognizer_rejects_what_is_not_mono_audio(model):
     recognizer = Recognizer(model, Tokenizer(UNITS), DecodeConfig(chunk_size=4))
     with pytest.raises(UserError, match="mono"):
         recognizer.accept_waveform(np.zeros((2, 100), dtype=np.float32))
-    with pytest.raises(UserError, match="dtype"):
+    with pytest.raises(UserError, match="sample type"):
         recognizer.accept_waveform(np.zeros(100, dtype=np.int32) + 1j)

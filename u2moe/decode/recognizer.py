@@ -18,15 +18,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from u2moe.data.audio import AudioError
 from u2moe.data.config import FeatureConfig
 from u2moe.data.features import OnlineFbank
 from u2moe.decode.config import DecodeConfig
 from u2moe.decode.search import CtcPrefixBeamSearch, attention_rescoring
 from u2moe.decode.timestamps import TimedUnit, ctc_spikes, token_times, word_times
-from u2moe.errors import UserError
 from u2moe.model.mask import decoding_chunk
 
 INT16_SCALE = 32768.0
+
+
+def float_samples(audio, name: str = "audio") -> np.ndarray:
+    """1-D int16 or float samples -> float32 in [-1, 1]; AudioError for anything else."""
+    samples = np.asarray(audio)
+    if samples.ndim != 1:
+        raise AudioError(name, "not mono audio", f"samples of shape {samples.shape}")
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / INT16_SCALE
+    if np.issubdtype(samples.dtype, np.floating):
+        return samples.astype(np.float32)
+    raise AudioError(name, "unsupported sample type", f"{samples.dtype}; use int16 or float")
 
 
 @dataclass
@@ -111,14 +123,7 @@ class Recognizer:
             even = len(data) - len(data) % 2
             self.odd_byte = data[even:]
             return np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / INT16_SCALE
-        samples = np.asarray(audio)
-        if samples.ndim != 1:
-            raise UserError(f"audio must be mono (1-D samples), got shape {samples.shape}")
-        if samples.dtype == np.int16:
-            return samples.astype(np.float32) / INT16_SCALE
-        if np.issubdtype(samples.dtype, np.floating):
-            return samples.astype(np.float32)
-        raise UserError(f"audio must be 16-bit PCM or float samples, got dtype {samples.dtype}")
+        return float_samples(audio)
 
     @torch.inference_mode()
     def _decode_ready(self, end_of_input: bool) -> list[RecognitionResult]:

@@ -187,8 +187,10 @@ def attention_beam_search(
     scores = torch.full((batch, beam_size), NEG_INF, device=device)
     scores[:, 0] = 0.0
     scores = scores.view(running, 1)
-    # a finished beam continues with one eos at no cost; its other branches are dead
-    finished_logp = torch.full((beam_size,), NEG_INF, device=device)
+    # each beam branches into its k best tokens (k < beam_size only for tiny vocabularies);
+    # a finished beam continues with one eos at no cost, its other branches are dead
+    k = min(beam_size, model.vocab_size)
+    finished_logp = torch.full((k,), NEG_INF, device=device)
     finished_logp[0] = 0.0
     finished = torch.zeros(running, 1, dtype=torch.bool, device=device)
     base = torch.arange(batch, device=device).unsqueeze(1) * beam_size  # (B, 1)
@@ -200,12 +202,12 @@ def attention_beam_search(
         logp, cache = decoder.forward_one_step(
             memory, memory_mask, hyps, causal.expand(running, step, step), cache
         )
-        top_logp, top_ids = logp.topk(beam_size, dim=-1)  # (B*N, N)
+        top_logp, top_ids = logp.topk(k, dim=-1)  # (B*N, k)
         top_logp = torch.where(finished, finished_logp, top_logp)
         top_ids = top_ids.masked_fill(finished, eos)
-        candidates = (scores + top_logp).view(batch, beam_size * beam_size)
+        candidates = (scores + top_logp).view(batch, beam_size * k)
         best_scores, best = candidates.topk(beam_size, dim=-1)  # (B, N)
-        parent = (base + best // beam_size).view(-1)  # (B*N,)
+        parent = (base + best // k).view(-1)  # (B*N,)
         token = top_ids.view(batch, -1).gather(1, best).view(-1, 1)
         cache = [c.index_select(0, parent) for c in cache]
         hyps = torch.cat([hyps.index_select(0, parent), token], dim=1)
