@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from u2moe.errors import UserError
-    from u2moe.train.checkpoint import average_best
+    from u2moe.train.average import average_best
 
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from u2moe.errors import UserError
 
@@ -49,26 +50,41 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (Python, NumPy, torch CPU and CUDA) as checkpointable values."""
+def rng_state(model: nn.Module | None = None) -> dict[str, Any]:
+    """This process's RNG states as checkpointable values: Python, NumPy, torch CPU and CUDA,
+    and every torch.Generator a module of `model` keeps (e.g. the encoder's chunk draws)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
+        "modules": {k: g.get_state() for k, g in _module_generators(model).items()},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], model: nn.Module | None = None) -> None:
     random.setstate(_as_tuples(state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    for key, generator in _module_generators(model).items():
+        generator.set_state(state["modules"][key])
+
+
+def _module_generators(model: nn.Module | None) -> dict[str, torch.Generator]:
+    if model is None:
+        return {}
+    return {
+        f"{name}.{attr}": value
+        for name, module in model.named_modules()
+        for attr, value in vars(module).items()
+        if isinstance(value, torch.Generator)
+    }
 
 
 def _as_tuples(value: Any) -> Any:

@@ -4,12 +4,13 @@
 loop over epochs and batches (accumulate, clip, step, log, validate, checkpoint), then
 average the best checkpoints into the experiment's model directory and draw the plots.
 
-Exact resume: a checkpoint stores the data position (epoch, batches consumed) and each
-rank's RNG states as they were right after the last optimizer step. A resumed run rebuilds
-the same epoch's batches (their order depends only on seed and epoch), skips the consumed
-ones, then restores the RNG states, so dropout, augmentation and chunk-size draws continue
-exactly as in an uninterrupted run. Validation runs with the RNG states set aside, so it
-does not shift the training stream either.
+Exact resume: a checkpoint stores the data position (epoch, and the data loader's count of
+consumed batches) and each rank's RNG states as they were right after the last optimizer
+step. A resumed run restores the RNG states, rebuilds the same epoch (its batches depend
+only on seed and epoch) and lets the loader pass over the consumed batches, so dropout and
+chunk-size draws continue exactly as in an uninterrupted run. Neither data loading (the
+DataLoader draws worker seeds from the global RNG) nor validation may draw from the training
+stream: both run with the RNG states set aside.
 """
 
 import contextlib
@@ -17,6 +18,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,11 +67,11 @@ class Sections:
 
 @dataclass
 class Position:
-    """Where training is: optimizer steps taken, epoch, batches of that epoch consumed."""
+    """Where training is: optimizer steps taken, epoch, and position within the epoch."""
 
     step: int = 0
     epoch: int = 0
-    batch: int = 0
+    data: dict | None = None  # the train loader's state_dict; None: the epoch's start
 
 
 def resolve_config(config: dict[str, Any], name: str, tokenizer: Tokenizer) -> Sections:
@@ -204,22 +206,22 @@ def _train(
     )  # fmt: skip
 
     # ---- resume ----
-    pos, resume_rng = Position(), None
+    pos = Position()
+    torch.manual_seed(tc.seed + info.rank)  # different dropout and chunk draws per rank
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)
         distributed.load_states(wrapped, optimizer, ckpt["model"], ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        pos = Position(ckpt["step"], ckpt["epoch"], ckpt["batch"])
+        pos = Position(ckpt["step"], ckpt["epoch"], ckpt["data"])
         if len(ckpt["rng"]) == info.world_size:
-            resume_rng = ckpt["rng"][info.rank]
+            set_rng_state(ckpt["rng"][info.rank], model)
         else:
             log.warning(
                 "the checkpoint was written by %d process(es), this run has %d: the data "
                 "shards and random streams differ, so the run will not repeat exactly",
                 len(ckpt["rng"]), info.world_size,
             )  # fmt: skip
-        log.info("resumed from %s: step %d, epoch %d, batch %d", resume_from, *vars(pos).values())
-    torch.manual_seed(tc.seed + info.rank)  # different dropout and chunk draws per rank
+        log.info("resumed from %s: step %d, epoch %d", resume_from, pos.step, pos.epoch)
     metrics = MetricsLog(exp_dir) if info.is_main else None
     if metrics:
         metrics.forget_after(pos.step)
@@ -229,12 +231,12 @@ def _train(
     )  # fmt: skip
 
     def validate_and_checkpoint() -> None:
-        train_rng = rng_state()
+        train_rng = rng_state(model)
         monitor.reset()
         dev = evaluate(wrapped, model, dev_loader, tokenizer, info, autocast)
         dev_fractions = monitor.scalars("dev_experts")
         monitor.reset()
-        set_rng_state(train_rng)
+        set_rng_state(train_rng, model)
         state = {
             "model": distributed.model_state(wrapped),
             "optimizer": distributed.optimizer_state(wrapped, optimizer),
@@ -265,17 +267,13 @@ def _train(
             train_manifest, cfg.data, tokenizer, train=True, seed=tc.seed, epoch=pos.epoch,
             rank=info.rank, world_size=info.world_size,
         )  # fmt: skip
+        if pos.data is not None:
+            loader.load_state_dict(pos.data)  # skip what was consumed before the checkpoint
         wrapped.train()
         optimizer.zero_grad(set_to_none=True)
-        batches = distributed.lockstep(loader, info.device, pad=False)
-        for index, (batch, _) in enumerate(batches):
-            if index < pos.batch:
-                continue  # consumed before the checkpoint we resumed from
-            if resume_rng is not None:
-                set_rng_state(resume_rng)
-                resume_rng = None
-            pos.batch = index + 1
-            sync = pos.batch % tc.accum_grad == 0
+        for batch, _ in distributed.lockstep(rng_neutral(loader), info.device, pad=False):
+            pos.data = loader.state_dict()
+            sync = loader.batches % tc.accum_grad == 0
             with distributed.gradient_sync(wrapped, sync):
                 with autocast:
                     out = wrapped(*to_device(batch, info.device))
@@ -321,7 +319,7 @@ def _train(
                 done = True
                 break
         else:
-            pos.epoch, pos.batch = pos.epoch + 1, 0
+            pos.epoch, pos.data = pos.epoch + 1, None
             log.info("epoch %d done (step %d)", pos.epoch - 1, pos.step)
             if not tc.valid_interval:
                 validate_and_checkpoint()
@@ -362,7 +360,7 @@ class Window:
 
     def add(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         n = len(batch["keys"])
-        values = [float(out[k]) * n if k in out else 0.0 for k in self.KEYS]
+        values = [float(out[k].detach()) * n if k in out else 0.0 for k in self.KEYS]
         values += [n, float(batch["feats_lengths"].sum())]
         self.sums += torch.tensor(values, dtype=torch.float64)
 
@@ -381,6 +379,17 @@ class Window:
         out["train/frames_per_second"] = float(frames) / (time.perf_counter() - self.start)
         self.reset()
         return out
+
+
+def rng_neutral(batches: Iterable[Any]) -> Iterator[Any]:
+    """The items of `batches`, fetched with the global RNG states set aside and put back."""
+    iterator = iter(batches)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
