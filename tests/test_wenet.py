@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from u2moe.cli import main as cli
+from u2moe.commands.wenet import data_section
 from u2moe.errors import UserError
 from u2moe.model.io import load_model_dir
 from u2moe.model.u2 import U2Model, decoder_inputs
@@ -325,3 +326,37 @@ def test_convert_state_dict_stacks_experts():
     assert torch.equal(sd[f"{prefix}.w_2"][5], wenet[f"{prefix}.experts.5.w_2.weight"])
     assert torch.equal(sd[f"{prefix}.router.weight"], wenet[f"{prefix}.gate.weight"])
     assert not any(k.endswith(".pe") or ".experts." in k for k in sd)
+
+
+def test_recipe_spellings_and_training_only_options_are_accepted():
+    conf = wenet_conf(
+        {"concat_after": False, "gradient_checkpointing": True, "use_sdpa": True},
+        {"concat_after": False, "tie_word_embedding": False},
+        model="asrmodel",
+        cmvn_file="data/train/global_cmvn",  # WeNet 2.x kept these at the top level
+        is_json_cmvn=True,
+    )
+    assert config_from_wenet(conf).encoder.d_model == 32
+    with pytest.raises(UserError, match="concat_after"):
+        config_from_wenet(wenet_conf({"concat_after": True}))
+
+
+def test_data_section_from_current_and_2021_train_yaml():
+    current = {
+        "dataset_conf": {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "dither": 1.0}}
+    }
+    assert data_section(current, bpe=True, where="t.yaml") == {
+        "features": {"num_mel_bins": 80, "frame_length": 25, "frame_shift": 10, "dither": 1.0},
+        "tokenizer": {"type": "bpe"},
+    }
+    old = {
+        "collate_conf": {
+            "wav_distortion_conf": {"wav_dither": 0.5},
+            "feature_extraction_conf": {"feature_type": "fbank", "mel_bins": 80, "frame_shift": 10},
+        }
+    }
+    assert data_section(old, bpe=False, where="t.yaml")["features"]["dither"] == 0.5
+    with pytest.raises(UserError, match="mfcc"):
+        data_section({"dataset_conf": {"feats_type": "mfcc"}}, bpe=False, where="t.yaml")
+    with pytest.raises(UserError, match="input_dim"):
+        data_section({"input_dim": 40, **current}, bpe=False, where="t.yaml")

@@ -67,12 +67,27 @@ def main(args: argparse.Namespace) -> int:
 
 
 def data_section(conf: dict[str, Any], bpe: bool, where: str) -> dict[str, Any]:
-    """The `data` config section for WeNet's features (dataset_conf.fbank_conf) and units."""
+    """The `data` config section for WeNet's fbank options and units.
+
+    Current train.yaml files keep the options in `dataset_conf.fbank_conf`; those of 2021
+    in `collate_conf.feature_extraction_conf` (with `wav_dither` beside it).
+    """
     dataset_conf = conf.get("dataset_conf") or {}
-    feats_type = dataset_conf.get("feats_type", "fbank")
+    collate_conf = conf.get("collate_conf") or {}
+    if "feature_extraction_conf" in collate_conf and "fbank_conf" not in dataset_conf:
+        old = collate_conf["feature_extraction_conf"] or {}
+        feats_type = old.get("feature_type", "fbank")
+        fbank = {
+            "num_mel_bins": old.get("mel_bins", 80),
+            "frame_shift": old.get("frame_shift", 10),
+            "frame_length": old.get("frame_length", 25),
+            "dither": (collate_conf.get("wav_distortion_conf") or {}).get("wav_dither", 0.0),
+        }
+    else:
+        feats_type = dataset_conf.get("feats_type", "fbank")
+        fbank = dataset_conf.get("fbank_conf") or {}
     if feats_type != "fbank":
-        raise UserError(f"{where}: dataset_conf.feats_type {feats_type!r} is not supported (fbank)")
-    fbank = dataset_conf.get("fbank_conf") or {}
+        raise UserError(f"{where}: feature type {feats_type!r} is not supported (fbank)")
     features = {
         "num_mel_bins": fbank.get("num_mel_bins", 80),
         "frame_length": fbank.get("frame_length", 25),
@@ -81,8 +96,8 @@ def data_section(conf: dict[str, Any], bpe: bool, where: str) -> dict[str, Any]:
     }
     if features["num_mel_bins"] != conf.get("input_dim", 80):
         raise UserError(
-            f"{where}: fbank_conf.num_mel_bins {features['num_mel_bins']} differs from "
-            f"input_dim {conf.get('input_dim', 80)}"
+            f"{where}: {features['num_mel_bins']} mel bins in the feature options, but "
+            f"input_dim is {conf.get('input_dim', 80)}"
         )
     data = {"features": features, "tokenizer": {"type": "bpe" if bpe else "char"}}
     parse_section(DataConfig, data, f"{where} (as u2moe data)")  # validate

@@ -34,6 +34,7 @@ _FIXED_ENCODER = {
     "pos_enc_layer_type": "rel_pos",
     "selfattention_layer_type": "rel_selfattn",
     "normalize_before": True,
+    "concat_after": False,
     "query_bias": True,
     "key_bias": True,
     "value_bias": True,
@@ -46,6 +47,7 @@ _FIXED_DECODER = {
     "input_layer": "embed",
     "use_output_layer": True,
     "normalize_before": True,
+    "concat_after": False,
     "src_attention": True,
     "query_bias": True,
     "key_bias": True,
@@ -63,14 +65,15 @@ def config_from_wenet(conf: dict[str, Any], where: str = "train.yaml") -> ModelC
     """
     if not isinstance(conf, dict):
         raise UserError(f"{where}: expected a WeNet train.yaml mapping")
-    _require(conf, "encoder", "conformer", where, default="conformer")
+    _require(conf, "encoder", ("conformer",), where, default="conformer")
     decoder_type = conf.get("decoder", "bitransformer")
     if decoder_type not in ("bitransformer", "transformer"):
         raise UserError(
             f"{where}: decoder {decoder_type!r} is not supported (bitransformer or transformer)"
         )
-    _require(conf, "model", "asr_model", where, default="asr_model")
-    _require(conf, "ctc", "ctc", where, default="ctc")
+    # Recipes spell WeNet's ASRModel both ways.
+    _require(conf, "model", ("asr_model", "asrmodel"), where, default="asr_model")
+    _require(conf, "ctc", ("ctc",), where, default="ctc")
     if conf.get("cmvn", "global_cmvn") not in ("global_cmvn", None):
         raise UserError(f"{where}: cmvn {conf['cmvn']!r} is not supported (global_cmvn)")
     ctc_conf = _section(conf, "ctc_conf", where)
@@ -305,10 +308,10 @@ def _kaldi_cmvn_stats(text: str, path: Path) -> tuple[list[float], list[float], 
     return values[:dim], values[dim + 1 : 2 * dim + 1], values[dim]
 
 
-def _require(conf: dict, key: str, expected: str, where: str, default: str) -> None:
+def _require(conf: dict, key: str, accepted: tuple[str, ...], where: str, default: str) -> None:
     value = conf.get(key, default)
-    if value != expected:
-        raise UserError(f"{where}: {key} {value!r} is not supported (only {expected!r})")
+    if value not in accepted:
+        raise UserError(f"{where}: {key} {value!r} is not supported (only {accepted[0]!r})")
 
 
 def _section(conf: dict, key: str, where: str) -> dict:
