@@ -230,6 +230,8 @@ def to_wenet_names(sd: dict[str, torch.Tensor], conf: dict) -> dict[str, torch.T
             key = key.replace("decoder.left_decoder.", "decoder.")
         out[key] = value.clone()
     out["encoder.embed.pos_enc.pe"] = torch.zeros(1, 5000, 32)  # WeNet saves the tables
+    if conf.get("decoder") == "bitransformer" and conf["decoder_conf"]["r_num_blocks"] == 0:
+        out["decoder.right_decoder.after_norm.weight"] = torch.ones(32)  # built, never used
     return out
 
 
@@ -247,6 +249,7 @@ VARIANTS = {
         {"mlp_type": "moe", "n_expert": 4, "n_expert_activated": 1, "num_blocks": 3},
     ),
     "transformer_decoder": wenet_conf(decoder="transformer", model_conf={"reverse_weight": 0.0}),
+    "no_r2l_blocks": wenet_conf(dec={"r_num_blocks": 0}, model_conf={"reverse_weight": 0.0}),
     "dynamic_left_static": wenet_conf({"use_dynamic_left_chunk": True, "static_chunk_size": 8}),
 }
 
