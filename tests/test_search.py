@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from u2moe.commands.verify_wenet import verify
 from u2moe.decode.config import DecodeConfig
 from u2moe.decode.search import (
     CtcPrefixBeamSearch,
@@ -217,3 +218,15 @@ def test_every_mode_matches_wenet_decoding(name, result, chunk_size):
             assert list(hyp.tokens) == list(ref["tokens"]), (mode, ref)
             if mode in ("ctc_prefix_beam_search", "attention_rescoring"):  # WeNet's scores
                 assert hyp.score == pytest.approx(ref["score"], rel=1e-4)
+
+
+def test_verify_wenet_checks_every_decoding_result():
+    raw = fixture("dense")
+    raw["outputs"]["decode_chunk4"]["attention_rescoring"][1]["tokens"] = (5, 5)
+    results, unchecked = verify(raw, "dense")
+    by_name = {r.name: r for r in results}
+    modes = ["ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"]
+    assert all(by_name[f"decode_full.{m}[{i}]"].ok for m in modes for i in (0, 1))
+    assert by_name["decode_chunk4.attention_rescoring[0]"].ok
+    assert not by_name["decode_chunk4.attention_rescoring[1]"].ok
+    assert not {"decode_full", "decode_full_params", "decode_chunk4"} & set(unchecked)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from u2moe.decode.config import DecodeConfig
+from u2moe.decode.search import NBEST_MODES, decode_batch
 from u2moe.errors import UserError
 from u2moe.model.u2 import U2Model, decoder_inputs
 from u2moe.model.wenet import build_model, cmvn_from_stats
@@ -177,6 +179,33 @@ def check_decoder(fx: Fixture) -> list[Result]:
     return results
 
 
+def _check_decode(name: str, chunk_size: int):
+    """Every decoding mode the fixture holds: identical tokens, and WeNet's score where it
+    reports one (CTC prefix beam search and attention rescoring)."""
+
+    def check(fx: Fixture) -> list[Result]:
+        expected = fx.outputs[name]
+        params = fx.outputs.get("decode_full_params", {})
+        cfg = DecodeConfig(modes=list(expected), chunk_size=chunk_size, **params)
+        feats, lengths = fx.inputs["feats"], fx.inputs["feats_lengths"]
+        decoded = decode_batch(fx.model, feats, lengths, cfg)
+        results = []
+        for mode, refs in expected.items():
+            for i, (hyp, ref) in enumerate(zip(decoded.hyps[mode], refs, strict=True)):
+                label = f"{name}.{mode}[{i}]"
+                if list(hyp.tokens) != list(ref["tokens"]):
+                    results.append(Result(label, math.inf, LOSS_RTOL, "rel", "tokens differ"))
+                elif mode in NBEST_MODES:
+                    diff = rel_diff(hyp.score, ref["score"])
+                    results.append(Result(label, diff, LOSS_RTOL, "rel", "same tokens; score"))
+                else:
+                    note = "same tokens; WeNet reports no score"
+                    results.append(Result(label, 0.0, LOSS_RTOL, "rel", note))
+        return results
+
+    return check
+
+
 def check_losses(fx: Fixture) -> list[Result]:
     """U2Model's losses with the fixture's loss weights, in eval mode (full context)."""
     ref = fx.outputs["losses"]
@@ -206,6 +235,8 @@ CHECKS: list[tuple[tuple[str, ...], Callable[[Fixture], list[Result]]]] = [
     (("ctc_log_probs",), check_ctc_log_probs),
     (("decoder",), check_decoder),
     (("losses",), check_losses),
+    (("decode_full", "decode_full_params"), _check_decode("decode_full", -1)),
+    (("decode_chunk4",), _check_decode("decode_chunk4", 4)),
 ]  # fmt: skip
 
 

@@ -260,10 +260,12 @@ def decode_batch(
             hyps[mode] = attention_beam_search(model, enc, enc_lengths, cfg.beam_size)
         elif mode == "ctc_prefix_beam_search":
             hyps[mode] = [nbest[0] for nbest in nbests]
-        else:
+        elif mode == "attention_rescoring":
             hyps[mode] = attention_rescoring(
                 model, nbests, enc, enc_lengths, cfg.ctc_weight, cfg.reverse_weight
             )
+        else:
+            raise ValueError(f"unknown decoding mode {mode!r}")
         seconds[mode] = time.perf_counter() - start
         if mode in NBEST_MODES:
             seconds[mode] += nbest_seconds
