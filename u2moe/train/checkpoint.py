@@ -51,29 +51,37 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def rng_state(model: nn.Module | None = None) -> dict[str, Any]:
-    """This process's RNG states as checkpointable values: Python, NumPy, torch CPU and CUDA,
-    and every torch.Generator a module of `model` keeps (e.g. the encoder's chunk draws)."""
+    """This process's RNG states: Python, NumPy, torch CPU and CUDA, and every torch.Generator
+    a module of `model` keeps (e.g. the encoder's chunk draws).
+
+    Plain Python values only (byte states as lists of ints), so that they travel through
+    `all_gather_object` and load with torch.load(weights_only=True).
+    """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-        "modules": {k: g.get_state() for k, g in _module_generators(model).items()},
+        "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+        "torch": torch.get_rng_state().tolist(),
+        "modules": {k: g.get_state().tolist() for k, g in _module_generators(model).items()},
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def set_rng_state(state: dict[str, Any], model: nn.Module | None = None) -> None:
     random.setstate(_as_tuples(state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(_bytes(state["cuda"]))
     for key, generator in _module_generators(model).items():
-        generator.set_state(state["modules"][key])
+        generator.set_state(_bytes(state["modules"][key]))
+
+
+def _bytes(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.uint8)
 
 
 def _module_generators(model: nn.Module | None) -> dict[str, torch.Generator]:
