@@ -94,6 +94,11 @@ class Transcriber:
             raise AudioError(name, "audio too short", f"{got:.0f} ms; the model needs {needed:.0f}")
         return feats
 
+    def duration(self, frames: int) -> float:
+        """Seconds of audio that `frames` fbank frames cover."""
+        feat = self.data_cfg.features
+        return ((frames - 1) * feat.frame_shift + feat.frame_length) / 1000
+
     def transcribe(
         self,
         audio: str | Path | np.ndarray,
@@ -109,12 +114,15 @@ class Transcriber:
         cfg = dataclasses.replace(self.decode_cfg, modes=[mode])
         with torch.inference_mode():
             out = decode_batch(
-                self.model, feats[None].to(self.device), torch.tensor([len(feats)]), cfg
+                self.model,
+                feats[None].to(self.device),
+                torch.tensor([len(feats)], device=self.device),
+                cfg,
             )
         hyp = out.hyps[mode][0]
         result = Transcription(self.tokenizer.decode(hyp.tokens), hyp.tokens)
         if timestamps:
-            duration = len(feats) * self.data_cfg.features.frame_shift / 1000
+            duration = self.duration(len(feats))
             log_probs = out.ctc_log_probs[0, : int(out.enc_lengths[0])]
             self._add_times(result, log_probs, duration)
         return result

@@ -150,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         totals.features += elapsed
         totals.wall += elapsed
-        seconds = frames_to_seconds(len(feats), transcriber)
+        seconds = transcriber.duration(len(feats))
         bucket.append(LoadedUtterance(entry.key, entry.text, feats, seconds, index))
         if len(bucket) >= bucket_size:
             flush()
@@ -178,11 +178,6 @@ def fail(failed: list, key: str, reason: str, progress: tqdm) -> None:
     progress.update(1)
 
 
-def frames_to_seconds(frames: int, transcriber: Transcriber) -> float:
-    feat = transcriber.data_cfg.features
-    return ((frames - 1) * feat.frame_shift + feat.frame_length) / 1000
-
-
 def decode_utterances(
     transcriber: Transcriber,
     batch: list[LoadedUtterance],
@@ -190,7 +185,7 @@ def decode_utterances(
     rows: dict[str, list[tuple[int, str, str]]],
 ) -> None:
     """Decode one batch in every mode; add its hypotheses, errors and times to the totals."""
-    lengths = torch.tensor([len(u.feats) for u in batch])
+    lengths = torch.tensor([len(u.feats) for u in batch], device=transcriber.device)
     feats = torch.nn.utils.rnn.pad_sequence([u.feats for u in batch], batch_first=True)
     start = time.perf_counter()
     with torch.inference_mode():
