@@ -179,3 +179,19 @@ def test_api_transcribes_arrays_like_files(corpus):
         model.transcribe(samples, sample_rate=4000)
     with pytest.raises(UserError, match="too short"):
         model.transcribe(samples[:1000])
+
+
+def test_a_model_without_right_to_left_decoder_rescores_left_to_right(tmp_path):
+    cfg = ModelConfig(
+        vocab_size=len(UNITS),
+        encoder=EncoderConfig(d_model=32, n_heads=2, d_ff=48, n_layers=1, kernel_size=5),
+        decoder=DecoderConfig(n_heads=2, d_ff=48, n_layers=1, n_r2l_layers=0),
+        reverse_weight=0.0,
+    )
+    save_model_dir(tmp_path, U2Model(cfg), {}, UNITS)
+    sf.write(tmp_path / "a.wav", tone(0.5, 0), 16000)
+    model = u2moe.load_model(tmp_path)  # the default reverse_weight 0.5 falls back to 0
+    assert model.decode_cfg.reverse_weight == 0.0
+    assert isinstance(model.transcribe(tmp_path / "a.wav").text, str)
+    with pytest.raises(UserError, match="needs a right-to-left decoder"):
+        u2moe.load_model(tmp_path, reverse_weight=0.5)

@@ -155,6 +155,14 @@ def load_model(model_dir: str | Path, device: str = "cpu", **decode_options) -> 
     data_cfg = parse_section(DataConfig, config.get("data"), f"{where}: data")
     decode_section = {**(config.get("decode") or {}), **decode_options}
     decode_cfg = parse_section(DecodeConfig, decode_section, f"{where}: decode")
+    if model.decoder.right_decoder is None and decode_cfg.reverse_weight > 0:
+        # without an R2L decoder, rescoring uses the L2R one alone unless told otherwise
+        if "reverse_weight" in decode_section:
+            raise UserError(
+                f"{model_dir}: reverse_weight {decode_cfg.reverse_weight} needs a "
+                "right-to-left decoder, which this model does not have"
+            )
+        decode_cfg = dataclasses.replace(decode_cfg, reverse_weight=0.0)
     tokenizer = load_tokenizer(model_dir, data_cfg.tokenizer)
     try:
         model = model.to(device)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from u2moe.decode.config import DecodeConfig
+from u2moe.model.mask import make_pad_mask
 from u2moe.model.u2 import decoder_inputs
 
 NEG_INF = float("-inf")
@@ -180,7 +181,7 @@ def attention_beam_search(
     device, running = enc.device, batch * beam_size
     sos, eos = model.sos, model.eos
     memory = enc.repeat_interleave(beam_size, dim=0)  # (B*N, T, d)
-    memory_mask = (torch.arange(max_len, device=device) < enc_lengths.unsqueeze(1)).unsqueeze(1)
+    memory_mask = ~make_pad_mask(enc_lengths, max_len).unsqueeze(1)  # (B, 1, T)
     memory_mask = memory_mask.repeat_interleave(beam_size, dim=0)  # (B*N, 1, T)
     hyps = torch.full((running, 1), sos, dtype=torch.long, device=device)
     # only the first beam of each utterance is alive at the start
