@@ -117,9 +117,11 @@ def main(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    totals = Totals(search={m: 0.0 for m in cfg.modes})
-    totals.words = {m: ErrorCounts() for m in cfg.modes}
-    totals.chars = {m: ErrorCounts() for m in cfg.modes}
+    totals = Totals(
+        search=dict.fromkeys(cfg.modes, 0.0),
+        words={m: ErrorCounts() for m in cfg.modes},
+        chars={m: ErrorCounts() for m in cfg.modes},
+    )
     rows: dict[str, list[tuple[int, str, str]]] = {m: [] for m in cfg.modes}  # index, hyp, err
     refs: list[tuple[int, str, str]] = []
     failed: list[tuple[str, str]] = []
@@ -159,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
 
     write_outputs(out_dir, transcriber, args, totals, rows, refs, failed)
     decoded = len(refs)
-    print(format_summary(totals, cfg.modes, decoded, len(failed)), file=sys.stderr)
+    print(format_summary(totals, cfg.modes, decoded, len(failed)))
     if decoded == 0:
         raise UserError(f"{args.data}: no utterance could be decoded (see {out_dir}/failed.txt)")
     if failed:
