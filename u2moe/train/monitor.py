@@ -18,26 +18,28 @@ from u2moe.model.moe import MoEFeedForward
 
 
 class MetricsLog:
-    """Scalars to TensorBoard and to metrics.jsonl: `log(step, {"train/loss": ...})`."""
+    """Scalars to TensorBoard and to metrics.jsonl: `log(step, {"train/loss": ...})`.
 
-    def __init__(self, exp_dir: Path):
+    A run resumed from step `start_step` first drops what a stopped run logged after it
+    (from both), since those steps are about to be repeated.
+    """
+
+    def __init__(self, exp_dir: Path, start_step: int = 0):
         self.path = exp_dir / "metrics.jsonl"
-        self.writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard"))
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= start_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+        purge = start_step + 1 if start_step else None
+        self.writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
-
-    def forget_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run repeats the steps after its checkpoint)."""
-        if self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
 
     def records(self) -> list[dict[str, float]]:
         if not self.path.is_file():
@@ -104,6 +106,9 @@ def fractions_from_record(records: list[dict], prefix: str) -> dict[str, list[fl
     return {}
 
 
+_handlers: list[logging.Handler] = []  # what setup_logging attached, for close_logging
+
+
 class _TqdmHandler(logging.Handler):
     """Log lines printed above the progress bar instead of through it."""
 
@@ -112,12 +117,12 @@ class _TqdmHandler(logging.Handler):
 
 
 def setup_logging(log_file: Path | None) -> None:
-    """u2moe.train messages to the console and, on rank 0, appended to `log_file`.
+    """u2moe messages (training, data skips) to the console and, on rank 0, to `log_file`.
 
     Other ranks log warnings only, so a person reads one stream.
     """
-    logger = logging.getLogger("u2moe.train")
-    logger.handlers.clear()
+    logger = logging.getLogger("u2moe")
+    close_logging()
     logger.propagate = False
     logger.setLevel(logging.INFO if log_file else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -127,3 +132,14 @@ def setup_logging(log_file: Path | None) -> None:
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
+    _handlers.extend(handlers)
+
+
+def close_logging() -> None:
+    """Detach what `setup_logging` attached (the log file is closed)."""
+    logger = logging.getLogger("u2moe")
+    for handler in _handlers:
+        logger.removeHandler(handler)
+        handler.close()
+    _handlers.clear()
+    logger.propagate = True

@@ -46,7 +46,13 @@ from u2moe.train.checkpoint import (
     set_rng_state,
 )
 from u2moe.train.config import TrainConfig
-from u2moe.train.monitor import ExpertMonitor, MetricsLog, fractions_from_record, setup_logging
+from u2moe.train.monitor import (
+    ExpertMonitor,
+    MetricsLog,
+    close_logging,
+    fractions_from_record,
+    setup_logging,
+)
 from u2moe.train.plots import plot_expert_heatmap, plot_losses
 from u2moe.train.scheduler import WarmupLR
 
@@ -154,6 +160,7 @@ def train(
             resume, max_steps,
         )  # fmt: skip
     finally:
+        close_logging()
         distributed.cleanup()
 
 
@@ -222,9 +229,7 @@ def _train(
                 len(ckpt["rng"]), info.world_size,
             )  # fmt: skip
         log.info("resumed from %s: step %d, epoch %d", resume_from, pos.step, pos.epoch)
-    metrics = MetricsLog(exp_dir) if info.is_main else None
-    if metrics:
-        metrics.forget_after(pos.step)
+    metrics = MetricsLog(exp_dir, pos.step) if info.is_main else None
     dev_loader = make_dataloader(
         dev_manifest, cfg.data, tokenizer, train=False, seed=tc.seed, epoch=0,
         rank=info.rank, world_size=info.world_size,
