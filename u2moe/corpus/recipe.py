@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -231,9 +232,14 @@ def build_corpus(
     started = time.monotonic()
     failures = []
     jobs = [u.job for u in _interleave(todo, seed)]
-    for key, duration, error in tqdm(
-        run_jobs(jobs, wav_dir, workers), total=len(jobs), desc="synthesizing", unit="utt"
-    ):
+    progress = tqdm(
+        run_jobs(jobs, wav_dir, workers),
+        total=len(jobs),
+        desc="synthesizing",
+        unit="utt",
+        mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line per 30 s
+    )
+    for key, duration, error in progress:
         if error is None:
             durations[key] = duration
         else:
