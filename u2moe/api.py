@@ -153,6 +153,7 @@ def load_model(model_dir: str | Path, device: str = "cpu", **decode_options) -> 
     model, config, _ = load_model_dir(model_dir)
     where = f"{model_dir / CONFIG}"
     data_cfg = parse_section(DataConfig, config.get("data"), f"{where}: data")
+    parse_section(DecodeConfig, decode_options, "decode options")  # blame bad options first
     decode_section = {**(config.get("decode") or {}), **decode_options}
     decode_cfg = parse_section(DecodeConfig, decode_section, f"{where}: decode")
     if model.decoder.right_decoder is None and decode_cfg.reverse_weight > 0:
