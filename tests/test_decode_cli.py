@@ -111,6 +111,24 @@ def test_decode_writes_hyps_errors_and_summary_for_every_mode(corpus, capsys):
     assert all(mode in text for mode in MODES.split(",")) and "RTF" in text
 
 
+def test_streaming_decode_equals_chunk_masked_decode(corpus, capsys):
+    args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
+    args += ["--mode", MODES, "--chunk-size", "3", "--left-chunks", "2"]
+    assert main([*args, "--out", str(corpus / "masked")]) == 0
+    assert main([*args, "--out", str(corpus / "streamed"), "--streaming"]) == 0
+    summary = json.loads((corpus / "streamed" / "summary.json").read_text())
+    assert summary["decode"]["streaming"] is True
+    for mode in MODES.split(","):
+        masked = (corpus / "masked" / mode / "hyps.txt").read_text()
+        assert (corpus / "streamed" / mode / "hyps.txt").read_text() == masked
+
+
+def test_streaming_needs_a_chunk_size(corpus, capsys):
+    args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
+    assert main([*args, "--out", str(corpus / "bad"), "--streaming"]) == 2
+    assert "streaming decoding needs chunk_size > 0" in capsys.readouterr().err
+
+
 def test_bad_utterances_are_reported_and_the_rest_decoded(corpus, capsys):
     out = corpus / "mixed_out"
     args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "mixed.jsonl")]

@@ -56,6 +56,12 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int)
     parser.add_argument("--ctc-weight", type=float, help="CTC weight in attention rescoring")
     parser.add_argument("--reverse-weight", type=float, help="right-to-left decoder weight")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="run the encoder chunk by chunk with caches (needs --chunk-size > 0), "
+        "one utterance at a time as a streaming server does",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
@@ -67,6 +73,7 @@ def search_options(args: argparse.Namespace) -> dict:
         "beam_size": args.beam_size,
         "ctc_weight": args.ctc_weight,
         "reverse_weight": args.reverse_weight,
+        "streaming": args.streaming or None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -255,6 +262,7 @@ def write_outputs(out_dir, transcriber, args, totals, rows, refs, failed) -> Non
         f"model {args.model} ({summary['model_parameters'] / 1e6:.2f} M parameters)\n"
         f"data {args.data}\n"
         f"chunk_size {cfg.chunk_size}, num_left_chunks {cfg.num_left_chunks}, "
+        f"streaming {cfg.streaming}, "
         f"beam_size {cfg.beam_size}, ctc_weight {cfg.ctc_weight}, "
         f"reverse_weight {cfg.reverse_weight}\n"
     )

@@ -33,6 +33,9 @@ class DecodeConfig:
     reverse_weight: float = 0.5
     chunk_size: int = -1  # decoding chunk in encoder frames; -1: full context
     num_left_chunks: int = -1  # chunks of left context; -1: all of it
+    # True: run the encoder chunk by chunk with caches (forward_chunk), one utterance at a
+    # time, as a streaming server does; same results as the chunk mask, honest streaming RTF
+    streaming: bool = False
     batch_size: int = 16  # utterances per batch in `u2moe decode`
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
@@ -54,6 +57,10 @@ class DecodeConfig:
             (
                 self.num_left_chunks == -1 or self.num_left_chunks >= 0,
                 f"num_left_chunks must be -1 (all) or >= 0, got {self.num_left_chunks}",
+            ),
+            (
+                not self.streaming or self.chunk_size > 0,
+                "streaming decoding needs chunk_size > 0",
             ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (

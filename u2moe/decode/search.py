@@ -233,6 +233,20 @@ class BatchDecoding:
     seconds: dict[str, float]
 
 
+def _encode(model, feats: torch.Tensor, feats_lengths: torch.Tensor, cfg: DecodeConfig):
+    """(enc (B, T', d), enc_lengths (B,)): one masked pass, or chunk by chunk per utterance."""
+    if not cfg.streaming:
+        return model.encode(feats, feats_lengths, cfg.chunk_size, cfg.num_left_chunks)
+    outputs = [
+        model.encoder.forward_chunk_by_chunk(
+            utterance[None, :length], cfg.chunk_size, cfg.num_left_chunks
+        )[0][0]
+        for utterance, length in zip(feats, feats_lengths.tolist(), strict=True)
+    ]
+    lengths = torch.tensor([len(out) for out in outputs], device=feats.device)
+    return torch.nn.utils.rnn.pad_sequence(outputs, batch_first=True), lengths
+
+
 @torch.no_grad()
 def decode_batch(
     model, feats: torch.Tensor, feats_lengths: torch.Tensor, cfg: DecodeConfig
@@ -241,10 +255,11 @@ def decode_batch(
 
     feats (B, T, input_dim) raw fbank, feats_lengths (B,). The encoder sees the whole
     utterance with a chunk mask of cfg.chunk_size frames and cfg.num_left_chunks chunks of
-    left context (-1, -1: full context), which equals chunk-by-chunk streaming.
+    left context (-1, -1: full context), which equals chunk-by-chunk streaming; with
+    cfg.streaming the encoder really runs chunk by chunk with caches, one utterance at a time.
     """
     start = time.perf_counter()
-    enc, enc_lengths = model.encode(feats, feats_lengths, cfg.chunk_size, cfg.num_left_chunks)
+    enc, enc_lengths = _encode(model, feats, feats_lengths, cfg)
     ctc_log_probs = model.ctc_log_probs(enc)
     seconds = {"encoder": time.perf_counter() - start}
     nbests, nbest_seconds = None, 0.0
