@@ -16,7 +16,7 @@ class FeatureConfig:
     num_mel_bins: int = 80
     frame_length: float = 25.0  # ms
     frame_shift: float = 10.0  # ms
-    # Gaussian noise on the int16-scaled frames, training only (evaluation always uses 0).
+    # Std of Gaussian noise in int16 units added to training audio (evaluation: none).
     dither: float = 1.0
 
 
