@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -132,3 +136,14 @@ def test_packed_int8_is_close_to_float32_and_routes_the_same():
 def test_packing_rejects_unknown_weights():
     with pytest.raises(ValueError, match="weights"):
         pack_for_cpu(_ffn_stack(), "int4")
+
+
+def test_layer_benchmark_runs_and_reports_ratios():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_layer.py"
+    argv = ["--frames", "8", "--threads", "1", "--d-model", "16", "--d-ff", "32", "--budget", "0"]
+    out = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("8 ")]
+    assert [row[1] for row in rows] == ["eager", "float32", "int8"]
+    assert all(float(row[6]) > 0 for row in rows)  # fast/dense ratio
