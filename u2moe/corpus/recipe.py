@@ -168,10 +168,12 @@ def _plan_line(u: Utterance) -> dict:
 
 
 def _read_previous_plan(path: Path) -> dict[str, dict]:
-    if not path.exists():
+    """key -> planned job of the last run; an unreadable plan means nothing can be kept."""
+    try:
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return {line["key"]: line for line in lines}
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    return {line["key"]: line for line in lines}
 
 
 def _interleave(todo: list[Utterance], seed: int) -> list[Utterance]:
