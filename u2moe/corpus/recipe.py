@@ -197,7 +197,7 @@ def build_corpus(
     voices, unavailable = available_voices(engines)
     if unavailable:
         log.warning(
-            "%d voices unavailable, planning without them: %s",
+            "%d voices not installed (`make setup` installs them), planning without: %s",
             len(unavailable), " ".join(v.id for v in unavailable),
         )  # fmt: skip
     if not voices:
