@@ -100,6 +100,8 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per row (about)")
     args = parser.parse_args()
+    if args.dtype != "float32" and args.weights != ["eager"]:
+        parser.error("packed weights are float32 or int8; use --weights eager with bfloat16")
 
     print(
         f"d_model {args.d_model}, d_ff {args.d_ff}, {args.experts} experts, top-{args.top_k}, "
