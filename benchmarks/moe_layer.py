@@ -11,6 +11,8 @@ MoE ratio is to the dense FFN with the same weights.
 
 Floors printed beside the ratios:
 - compute: top_k (each frame runs top_k expert FFNs, each as costly as the dense FFN);
+- experts: the expert GEMMs alone on their routed blocks (no routing, gather or mixing),
+  what any dispatch running one GEMM pair per selected expert must pay;
 - memory: distinct experts selected per call x bytes of one expert / bytes of the dense
   FFN, what a call costs when reading weights dominates (small chunks on CPU); an expert
   has the dense FFN's shape, so this is the number of distinct experts selected.
@@ -31,6 +33,8 @@ from torch import nn
 from u2moe.model.moe import FeedForward, MoEFeedForward
 from u2moe.model.packing import pack_for_cpu
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def make_input(frames: int, d_model: int, kind: str, generator: torch.Generator) -> torch.Tensor:
     """(1, frames, d_model): i.i.d. Gaussian, or an AR(1) process with correlation 0.9."""
@@ -47,7 +51,17 @@ def distinct_experts(layers: list[MoEFeedForward], x: torch.Tensor) -> float:
     return sum(counts) / len(counts)
 
 
-def time_variants(variants: dict, x: torch.Tensor, reps: int) -> dict[str, float]:
+def experts_alone(layer: MoEFeedForward, x: torch.Tensor):
+    """A callable running only the expert GEMMs on the blocks x routes to (no routing,
+    gather or mixing): the floor for any dispatch with one GEMM pair per expert."""
+    flat = x.reshape(-1, x.shape[-1])
+    experts = layer.route(flat)[1]
+    blocks = [(e, flat[(experts == e).any(-1)]) for e in range(layer.n_experts)]
+    blocks = [(e, block) for e, block in blocks if len(block)]
+    return lambda _: [layer.expert(e, block) for e, block in blocks]
+
+
+def time_variants(variants: dict, x: torch.Tensor, reps: int, clock=time.perf_counter):
     """Median seconds per layer call of each variant (a list of layer callables)."""
     times = {name: [] for name in variants}
     for fns in variants.values():  # warm-up: allocator, packing, caches
@@ -55,10 +69,10 @@ def time_variants(variants: dict, x: torch.Tensor, reps: int) -> dict[str, float
             fn(x)
     for _ in range(reps):
         for name, fns in variants.items():
-            start = time.perf_counter()
+            start = clock()
             for fn in fns:
                 fn(x)
-            times[name].append((time.perf_counter() - start) / len(fns))
+            times[name].append((clock() - start) / len(fns))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -99,13 +113,19 @@ def main() -> None:
         help="eager: nn.Parameters through F.linear; float32/int8: pack_for_cpu",
     )
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per row (about)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time, robust to other jobs on a shared machine (1 thread)",
+    )
     args = parser.parse_args()
     if args.dtype != "float32" and args.weights != ["eager"]:
         parser.error("packed weights are float32 or int8; use --weights eager with bfloat16")
 
     print(
         f"d_model {args.d_model}, d_ff {args.d_ff}, {args.experts} experts, top-{args.top_k}, "
-        f"{args.dtype}, {args.layers} layer copies, {args.input} input; "
+        f"{args.dtype}, {args.layers} layer copies, {args.input} input, {args.clock} clock; "
         f"compute floor {float(args.top_k):.1f}"
     )
     generator = torch.Generator().manual_seed(0)
@@ -118,6 +138,7 @@ def main() -> None:
         print(
             f"{'frames':>6} {'weights':>8} {'dense':>9} {'moe_ref':>9} {'moe_fast':>9}"
             f" {'ref/dense':>9} {'fast/dense':>10} {'fast/ref':>8} {'mem floor':>9}"
+            f" {'experts/dense':>13} {'fast/experts':>12}"
         )
         for frames, x in inputs.items():
             x = x.to(dtype)
@@ -125,13 +146,15 @@ def main() -> None:
                 with torch.inference_mode():
                     probe = time_variants({"dense": variants["dense"]}, x, reps=1)["dense"]
                     reps = max(5, min(200, int(args.budget / (probe * args.layers * 6))))
-                    t = time_variants(variants, x, reps)
+                    alone = {"experts": [experts_alone(m, x) for m in moe]}
+                    t = time_variants({**variants, **alone}, x, reps, CLOCKS[args.clock])
                     experts = distinct_experts(moe, x)
                 print(
                     f"{frames:>6} {weights:>8} {t['dense'] * 1e3:>9.3f} {t['moe_ref'] * 1e3:>9.3f}"
                     f" {t['moe_fast'] * 1e3:>9.3f} {t['moe_ref'] / t['dense']:>9.2f}"
                     f" {t['moe_fast'] / t['dense']:>10.2f} {t['moe_fast'] / t['moe_ref']:>8.2f}"
-                    f" {experts:>9.1f}",
+                    f" {experts:>9.1f} {t['experts'] / t['dense']:>13.2f}"
+                    f" {t['moe_fast'] / t['experts']:>12.2f}",
                     flush=True,
                 )
 

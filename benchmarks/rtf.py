@@ -12,7 +12,8 @@ Random weights (the configs in configs/), random 80-dim features of the given du
   the n-best with both decoders. A random model's CTC n-best has no realistic length, so
   the rescoring pass scores a forced n-best of `--tokens-per-second` tokens per second.
 RTF = seconds of compute / seconds of audio over all utterances: the median of --repeat
-passes, the rows of one model interleaved pass by pass (a shared machine drifts).
+passes, the rows of one model interleaved pass by pass (a shared machine drifts);
+`--clock cpu` counts CPU seconds instead, which other jobs on the machine do not inflate.
 Weights: "eager" (nn.Parameters, the training path), "float32" or "int8" (packed once for
 CPU inference by `u2moe.model.packing.pack_for_cpu`). Beside the RTF ratios, the ratio of
 FLOPs actually run (counted with torch.utils.flop_counter on the eager model).
@@ -79,15 +80,16 @@ def sync(device: str) -> None:
 def one_pass(model: U2Model, utterances: list[torch.Tensor], stage: str, chunk: int, args):
     """Seconds to run one stage ("encoder" or "decode") over all utterances."""
     generator = torch.Generator().manual_seed(0)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     sync(args.device)
-    start = time.perf_counter()
+    start = clock()
     for feats in utterances:
         if stage == "encoder":
             encode(model, feats, chunk)
         else:
             decode(model, feats, chunk, args, generator)
     sync(args.device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure(model: U2Model, utterances: list[torch.Tensor], rows: list, args) -> list[float]:
@@ -130,6 +132,12 @@ def main() -> None:
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time per audio second (with --threads 1: robust to other jobs)",
+    )
     args = parser.parse_args()
     stages = args.stages or ["encoder", "decode"]
     weights = args.weights or (["float32", "int8"] if args.device == "cpu" else ["eager"])
@@ -144,8 +152,8 @@ def main() -> None:
     ]
     modes = {"full": -1, f"chunk{args.chunk}": args.chunk}
     print(
-        f"{args.device}, {args.threads} thread(s), {len(utterances)} utterances, "
-        f"{sum(args.durations):.1f} s of audio; beam {args.beam}, "
+        f"{args.device}, {args.threads} thread(s), {args.clock} clock; {len(utterances)} "
+        f"utterances, {sum(args.durations):.1f} s of audio; beam {args.beam}, "
         f"{args.tokens_per_second:g} tokens/s in the rescored n-best"
     )
     rtf, flops = {}, {}
