@@ -9,7 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -83,13 +82,14 @@ class ExpertMonitor:
 
     def scalars(self, prefix: str) -> dict[str, float]:
         """Scalars `{prefix}/{layer}/{expert}` (fraction of frames) and, per layer,
-        `{prefix}_imbalance/{layer}`: the busiest expert's fraction over the idlest's."""
+        `{prefix}_busiest/{layer}`: the busiest expert's fraction over the uniform share
+        (1.0: perfectly balanced; n_experts / top_k: one expert takes every frame)."""
         out = {}
         for name, fractions in self.fractions().items():
             for e, value in enumerate(fractions):
                 out[f"{prefix}/{name}/{e}"] = value
-            t = torch.tensor(fractions)
-            out[f"{prefix}_imbalance/{name}"] = float(t.max() / t.min().clamp(min=1e-6))
+            uniform = self.layers[name].top_k / len(fractions)
+            out[f"{prefix}_busiest/{name}"] = max(fractions) / uniform
         return out
 
 

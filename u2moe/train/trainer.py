@@ -414,11 +414,12 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
 
 
 def imbalance_note(utilization: dict[str, float]) -> str:
-    """', experts max/min 1.8 (worst 3.2)' from the per-layer imbalance scalars, if any."""
-    ratios = [v for k, v in utilization.items() if k.startswith("experts_imbalance/")]
+    """', busiest expert 1.8x uniform (worst layer 3.2x)' from the per-layer scalars, if any."""
+    ratios = [v for k, v in utilization.items() if k.startswith("experts_busiest/")]
     if not ratios:
         return ""
-    return f", experts max/min {sum(ratios) / len(ratios):.1f} (worst {max(ratios):.1f})"
+    mean = sum(ratios) / len(ratios)
+    return f", busiest expert {mean:.1f}x uniform (worst layer {max(ratios):.1f}x)"
 
 
 @torch.no_grad()
