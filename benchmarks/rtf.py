@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--durations", type=float, nargs="+", default=[5.0, 10.0])
-    parser.add_argument("--repeat", type=int, default=3, help="passes per row (median)")
+    parser.add_argument("--repeat", type=int, default=1, help="passes per row (median)")
     parser.add_argument("--chunk", type=int, default=16, help="streaming chunk (encoder frames)")
     parser.add_argument("--stages", nargs="+", choices=["encoder", "decode"], default=None)
     parser.add_argument("--weights", nargs="+", choices=["eager", "float32", "int8"], default=None)
