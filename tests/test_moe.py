@@ -147,3 +147,35 @@ def test_layer_benchmark_runs_and_reports_ratios():
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("8 ")]
     assert [row[1] for row in rows] == ["eager", "float32", "int8"]
     assert all(float(row[6]) > 0 for row in rows)  # fast/dense ratio
+
+
+def test_packing_a_whole_u2_model_keeps_its_outputs():
+    from u2moe.config import load_yaml, parse_section
+    from u2moe.model.config import ModelConfig
+    from u2moe.model.u2 import U2Model
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    cfg = parse_section(ModelConfig, load_yaml(tiny)["model"], "tiny.yaml: model")
+    cfg.vocab_size = 20
+    torch.manual_seed(7)
+    model = U2Model(cfg).eval()
+    feats, lengths = torch.randn(2, 50, 80), torch.tensor([50, 37])
+    hyps = torch.tensor([[19, 3, 4, 19], [19, 5, 19, 19]])
+    hyp_lengths = torch.tensor([3, 2])
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(feats, lengths)
+        expected = (
+            model.ctc_log_probs(enc),
+            model.decoder_log_probs(enc, enc_lengths, hyps, hyp_lengths, hyps)[0],
+        )
+        pack_for_cpu(model, "float32")
+        routers = {id(m.router) for m in model.modules() if isinstance(m, PackedMoEFeedForward)}
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert routers and all(id(m) in routers for m in linears)  # only routers stay float
+        enc_packed, _ = model.encode(feats, lengths)
+        got = (
+            model.ctc_log_probs(enc_packed),
+            model.decoder_log_probs(enc_packed, enc_lengths, hyps, hyp_lengths, hyps)[0],
+        )
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
