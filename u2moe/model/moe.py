@@ -100,6 +100,7 @@ class MoEFeedForward(nn.Module):
         edges = torch.arange(self.n_experts + 1, device=x.device)
         bounds = torch.searchsorted(sorted_experts, edges).tolist()  # block e: [b[e], b[e+1])
         x_sorted = x.index_select(0, order // self.top_k)  # (N*k, d); faster than x[...]
+        # Compiling/exporting, block sizes are symbolic: no branch on them, every expert runs.
         run_all = torch.compiler.is_compiling() or x.shape[0] == 0
         y_sorted = torch.cat(
             [
