@@ -196,7 +196,7 @@ def _train(
     model.set_cmvn(*load_cmvn(data_dir / "global_cmvn"))
     model.to(info.device)
     monitor = ExpertMonitor(model)
-    wrapped = distributed.wrap(model, info, tc.strategy, ("encode", "ctc_log_probs"))
+    wrapped = distributed.wrap(model, info, tc.strategy, ("ctc_log_probs",))
     optimizer_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(wrapped.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = WarmupLR(optimizer, tc.warmup_steps)
@@ -435,22 +435,28 @@ def evaluate(
     wrapped.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_ctc, loss_att (x utts), utts
     errors = ErrorCounts()
-    for batch, real in distributed.lockstep(loader, info.device, pad=True):
-        feats, feats_lengths, targets, target_lengths = to_device(batch, info.device)
-        with autocast:
-            out = wrapped(feats, feats_lengths, targets, target_lengths)
-            enc, enc_lengths = model.encode(feats, feats_lengths)
-            log_probs = model.ctc_log_probs(enc)
-        if not real:
-            continue
-        n = len(batch["keys"])
-        sums += torch.tensor([float(out[k]) * n for k in ("loss", "loss_ctc", "loss_att")] + [n])
-        for hyp, ref, length in zip(
-            ctc_greedy_search(log_probs.float(), enc_lengths), targets, target_lengths, strict=True
-        ):
-            errors += word_errors(
-                tokenizer.decode(ref[:length].tolist()), tokenizer.decode(hyp.tokens)
-            )
+    # The loss forward runs the encoder (full context in eval mode); its output, caught
+    # here, gives the greedy hypotheses without a second encoder pass.
+    encoded = {}
+    hook = model.encoder.register_forward_hook(lambda m, args, out: encoded.update(out=out))
+    try:
+        for batch, real in distributed.lockstep(loader, info.device, pad=True):
+            feats, feats_lengths, targets, target_lengths = to_device(batch, info.device)
+            with autocast:
+                out = wrapped(feats, feats_lengths, targets, target_lengths)
+                enc, enc_mask = encoded.pop("out")
+                log_probs = model.ctc_log_probs(enc)
+            if not real:
+                continue
+            n = len(batch["keys"])
+            losses = [float(out[k]) * n for k in ("loss", "loss_ctc", "loss_att")]
+            sums += torch.tensor([*losses, n], dtype=torch.float64)
+            hyps = ctc_greedy_search(log_probs.float(), enc_mask.squeeze(1).sum(dim=1))
+            for hyp, ref, length in zip(hyps, targets, target_lengths, strict=True):
+                ref_text = tokenizer.decode(ref[:length].tolist())
+                errors += word_errors(ref_text, tokenizer.decode(hyp.tokens))
+    finally:
+        hook.remove()
     counts = torch.tensor([errors.errors, errors.ref_length], dtype=torch.float64)
     sums = distributed.all_reduce_sum(sums.to(info.device)).cpu()
     counts = distributed.all_reduce_sum(counts.to(info.device)).cpu()
