@@ -40,6 +40,8 @@ class PackedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.weights = weights
         if weights == "float32":
+            if not torch.backends.mkldnn.is_available():
+                raise ValueError("packed float32 weights need a torch build with oneDNN")
             # The batch-size hint tunes the blocked layout; results hold for any batch.
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 64)
             self.bias = bias
