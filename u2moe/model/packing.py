@@ -1,9 +1,9 @@
 """Weights packed once for CPU inference: fp32 in oneDNN's blocked layout, or int8.
 
-`F.linear` (MKL sgemm) pays a per-call cost on each weight matrix that small GEMMs
-cannot amortize, and MoE experts see small GEMMs: a 16-frame streaming chunk gives each
-selected expert a handful of frames. Packing every weight once, ahead of time, makes a
-4-row GEMM about 2x and a 250-row one about 1.15x faster (docs/BENCHMARKS.md).
+MoE experts see small GEMMs (a 16-frame streaming chunk gives each selected expert a
+handful of frames), where `F.linear` (MKL sgemm, weight in PyTorch's layout) is slow per
+row. oneDNN with weights packed once, ahead of time, measured about 2x faster on a 4-row
+GEMM and 1.15x on a 250-row one (docs/BENCHMARKS.md).
 
 - "float32": oneDNN prepacked fp32 weights, same numbers as `F.linear` up to summation
   order (what torch.compile's CPU freezing does to linear layers).
