@@ -123,6 +123,22 @@ def test_streaming_decode_equals_chunk_masked_decode(corpus, capsys):
         assert (corpus / "streamed" / mode / "hyps.txt").read_text() == masked
 
 
+def test_packed_cpu_weights_decode_like_eager(corpus, capsys):
+    args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
+    args += ["--mode", MODES, "--chunk-size", "4"]
+    assert main([*args, "--out", str(corpus / "eager")]) == 0
+    assert main([*args, "--out", str(corpus / "fp32"), "--cpu-weights", "float32"]) == 0
+    assert main([*args, "--out", str(corpus / "int8"), "--cpu-weights", "int8"]) == 0
+    eager = json.loads((corpus / "eager" / "summary.json").read_text())
+    int8 = json.loads((corpus / "int8" / "summary.json").read_text())
+    assert int8["cpu_weights"] == "int8"
+    assert int8["model_parameters"] == eager["model_parameters"]
+    for mode in MODES.split(","):
+        hyps = (corpus / "eager" / mode / "hyps.txt").read_text()
+        assert (corpus / "fp32" / mode / "hyps.txt").read_text() == hyps
+        assert len(read_table(corpus / "int8" / mode / "hyps.txt")) == 4
+
+
 def test_streaming_needs_a_chunk_size(corpus, capsys):
     args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
     assert main([*args, "--out", str(corpus / "bad"), "--streaming"]) == 2

@@ -29,6 +29,7 @@ from u2moe.decode.config import MODES
 from u2moe.decode.scoring import ErrorCounts, char_errors, normalize_whitespace, word_errors
 from u2moe.decode.search import decode_batch
 from u2moe.errors import UserError
+from u2moe.model.packing import pack_for_cpu
 
 BUCKET_BATCHES = 4  # batches loaded together and sorted by length (less padding)
 
@@ -47,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="utterances per batch")
     add_search_arguments(parser)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--cpu-weights",
+        choices=["float32", "int8"],
+        help="pack the weights once for CPU inference: float32 (oneDNN layout, same results "
+        "up to rounding) or int8 (dynamic quantization; routers stay float32)",
+    )
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +126,11 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
     transcriber = load_model(args.model, args.device, **options)
+    parameters = sum(p.numel() for p in transcriber.model.parameters())
+    if args.cpu_weights is not None:
+        if transcriber.device.type != "cpu":
+            raise UserError("--cpu-weights packs weights for CPU inference; use --device cpu")
+        pack_for_cpu(transcriber.model, args.cpu_weights)
     cfg = transcriber.decode_cfg
     manifest = Manifest(args.data)
     out_dir = Path(args.out)
@@ -166,7 +178,7 @@ def main(args: argparse.Namespace) -> int:
     flush()
     progress.close()
 
-    write_outputs(out_dir, transcriber, args, totals, rows, refs, failed)
+    write_outputs(out_dir, transcriber, args, parameters, totals, rows, refs, failed)
     decoded = len(refs)
     print(format_summary(totals, cfg.modes, decoded, len(failed)))
     if decoded == 0:
@@ -220,7 +232,7 @@ def decode_utterances(
 ERRORS_HEADER = "key\tS\tD\tI\tN\tchar_S\tchar_D\tchar_I\tchar_N\tref\thyp"
 
 
-def write_outputs(out_dir, transcriber, args, totals, rows, refs, failed) -> None:
+def write_outputs(out_dir, transcriber, args, parameters, totals, rows, refs, failed) -> None:
     cfg = transcriber.decode_cfg
     keys = {index: key for index, key, _ in refs}
     for mode, mode_rows in rows.items():
@@ -238,7 +250,8 @@ def write_outputs(out_dir, transcriber, args, totals, rows, refs, failed) -> Non
         "data": str(args.data),
         "device": str(transcriber.device),
         "threads": torch.get_num_threads(),
-        "model_parameters": sum(p.numel() for p in transcriber.model.parameters()),
+        "model_parameters": parameters,
+        "cpu_weights": args.cpu_weights,
         "decode": asdict(cfg),
         "utterances": len(refs),
         "failed": len(failed),
