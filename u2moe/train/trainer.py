@@ -229,6 +229,8 @@ def _train(
                 len(ckpt["rng"]), info.world_size,
             )  # fmt: skip
         log.info("resumed from %s: step %d, epoch %d", resume_from, pos.step, pos.epoch)
+    elif resume:
+        log.info("--resume: %s has no checkpoint yet, starting from step 0", exp_dir)
     metrics = MetricsLog(exp_dir, pos.step) if info.is_main else None
     dev_loader = make_dataloader(
         dev_manifest, cfg.data, tokenizer, train=False, seed=tc.seed, epoch=0,
@@ -326,6 +328,9 @@ def _train(
         else:
             pos.epoch, pos.data = pos.epoch + 1, None
             log.info("epoch %d done (step %d)", pos.epoch - 1, pos.step)
+            if not total_steps:  # the bar's total, estimated from the epochs so far
+                bar.total = round(pos.step / pos.epoch * tc.max_epochs)
+                bar.refresh()
             if not tc.valid_interval:
                 validate_and_checkpoint()
                 last_checkpoint_step = pos.step
