@@ -107,6 +107,7 @@ def test_torchrun_trains_with_ddp_and_fsdp2_alike(data_dir, tmp_path):
     assert len(ddp["rng"]) == 2 and ddp["model"].keys() == fsdp["model"].keys()
     for key, value in ddp["model"].items():
         torch.testing.assert_close(fsdp["model"][key], value, rtol=1e-4, atol=1e-4, msg=key)
+
     def losses(metrics):
         return {m["step"]: m["train/loss"] for m in metrics if "train/loss" in m}
 
