@@ -4,7 +4,7 @@ Each stage is the `u2moe` command a user would type (logged as such), so the dem
 as the recipe to copy:
 
   1. corpus   synthesize the English corpus (train / dev / test with unseen speakers)
-  2. prepare  manifests, global CMVN, character units
+  2. prepare  manifests, global CMVN, units (the configs' data.tokenizer: BPE)
   3. train    the small MoE model and a dense model of the same active compute
               (training ends by averaging the best checkpoints into model.pt)
   4. decode   the test split, full context and chunk-16 streaming (the encoder really runs
@@ -77,7 +77,7 @@ def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
     stage(out, "corpus", ["corpus", "--out", corpus, *size.corpus_args])
     stage(out, "prepare", ["prepare", "--train", corpus / "train.jsonl",
                            "--dev", corpus / "dev.jsonl", "--test", corpus / "test.jsonl",
-                           "--out", data, "--tokenizer", "char"])  # fmt: skip
+                           "--out", data, "--config", models[0].config])  # fmt: skip
     for model in models:
         exp = out / "exp" / model.name
         argv = ["train", "--config", model.config, "--data", data, "--exp", exp]
