@@ -7,10 +7,10 @@ streamed through temporary files, so memory does not grow with the corpus.
 """
 
 import json
+import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,9 @@ def _check_set(
     seen: set[str] = set()
     tasks = ((i, cfg, i in cmvn_sample) for i in range(len(manifest)))
     bar = tqdm(total=len(manifest), desc=f"prepare {report.name}", unit="utt", dynamic_ncols=True)
-    with Pool(jobs, initializer=_set_manifest, initargs=(manifest,)) as pool:
+    # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock
+    pool = multiprocessing.get_context("spawn").Pool(jobs, _set_manifest, (manifest,))
+    with pool:
         for index, result in pool.imap(_check_one, tasks, chunksize=16):
             bar.update()
             entry = manifest[index]
