@@ -12,8 +12,6 @@ it to CHECKS with the output keys it consumes.
 
 import argparse
 import math
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from u2moe.decode.config import DecodeConfig
 from u2moe.decode.search import NBEST_MODES, decode_batch
 from u2moe.errors import UserError
+from u2moe.model.io import torch_load
 from u2moe.model.u2 import U2Model, decoder_inputs
 from u2moe.model.wenet import build_model, cmvn_from_stats
 
@@ -242,14 +241,7 @@ CHECKS: list[tuple[tuple[str, ...], Callable[[Fixture], list[Result]]]] = [
 
 def load_fixture(path: str | Path) -> dict[str, Any]:
     """Read a fixture file, or a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such fixture file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: not a readable fixture ({reason})") from None
+    raw = torch_load(path, "fixture file")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: not a fixture (expected a mapping)")
     for key in ("config", "state_dict", "inputs", "outputs"):

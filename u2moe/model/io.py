@@ -73,15 +73,21 @@ def load_model_dir(directory: str | Path) -> tuple[U2Model, dict[str, Any], list
     return model.eval(), config, units
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict saved with torch.save (tensors only), or a one-line UserError."""
+def torch_load(path: str | Path, what: str) -> Any:
+    """`torch.load` (tensors and plain values only) of a `what` file, or a one-line UserError."""
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: no such {what}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: corrupt or unreadable weights ({reason})") from None
+        raise UserError(f"{path}: corrupt or unreadable {what} ({reason})") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved with torch.save (tensors only), or a one-line UserError."""
+    state = torch_load(path, "weights file")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path}: not a state dict (a mapping of names to tensors)")
     return state

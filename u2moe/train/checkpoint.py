@@ -8,9 +8,7 @@ scheduler, step, epoch, data position and the RNG states of every rank.
 
 import json
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from u2moe.errors import UserError
+from u2moe.model.io import torch_load
 
 INDEX = "index.json"
 
@@ -38,13 +37,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint (tensors and plain Python values only), or a one-line UserError."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({reason})") from None
+    ckpt = torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path}: not a u2moe training checkpoint (no 'model' entry)")
     return ckpt
