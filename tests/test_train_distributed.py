@@ -63,6 +63,7 @@ def _ddp_worker(rank: int, port: int) -> None:
         assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         if rank == 1:
             assert idle > 0, "the test meant some experts to get no frames on rank 1"
+        distributed.synchronize()
     finally:
         distributed.cleanup()
 

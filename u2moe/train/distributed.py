@@ -70,6 +70,18 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, dev)
 
 
+def synchronize() -> None:
+    """Wait until every rank gets here (no-op alone).
+
+    Call it before a successful exit: the process group is torn down when its last owner
+    (DDP's reducer) is freed, on a thread that holds the GIL and joins gloo's worker threads;
+    a worker still freeing a finished collective needs the GIL too, a deadlock seen at exit.
+    After a barrier no collective is pending.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

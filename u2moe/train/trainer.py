@@ -155,10 +155,12 @@ def train(
             raise UserError(f"{path}: no such file")
     info = distributed.setup(device)
     try:
-        return _train(
+        result = _train(
             info, config, config_name, train_manifest, dev_manifest, data_dir, exp_dir,
             resume, max_steps,
         )  # fmt: skip
+        distributed.synchronize()
+        return result
     finally:
         close_logging()
         distributed.cleanup()
