@@ -127,16 +127,12 @@ def stage(out: Path, name: str, argv: list, allowed_exit: tuple[int, ...] = (0,)
 
 def parameter_counts(model_dir: Path) -> tuple[int, int]:
     """(total, active per frame) of a trained model, counted on the meta device."""
-    import torch
-
     from u2moe.config import load_yaml, parse_section
     from u2moe.model.config import ModelConfig
-    from u2moe.model.params import count_parameters
-    from u2moe.model.u2 import U2Model
+    from u2moe.model.params import count_config
 
     cfg = parse_section(ModelConfig, load_yaml(model_dir / "config.yaml")["model"], "model")
-    with torch.device("meta"):
-        parts = count_parameters(U2Model(cfg))
+    parts = count_config(cfg)
     return sum(p.total for p in parts), sum(p.active for p in parts)
 
 

@@ -16,12 +16,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    import torch
-
     from u2moe.config import ConfigError, load_yaml, parse_section
     from u2moe.model.config import ModelConfig
-    from u2moe.model.params import count_parameters
-    from u2moe.model.u2 import U2Model
+    from u2moe.model.params import count_config
 
     path = args.config / "config.yaml" if args.config.is_dir() else args.config
     config = load_yaml(path)
@@ -35,9 +32,7 @@ def main(args) -> int:
         cfg.vocab_size = sum(1 for line in units.open() if line.strip())
     if cfg.vocab_size is None or cfg.vocab_size < 3:
         raise ConfigError(f"{path}: model.vocab_size is not set (>= 3); pass --vocab-size N")
-    with torch.device("meta"):
-        model = U2Model(cfg)
-    parts = count_parameters(model)
+    parts = count_config(cfg)
     total = sum(p.total for p in parts)
     active = sum(p.active for p in parts)
     ffn = {

@@ -8,9 +8,12 @@ everything outside the experts in full, embedding tables and output layers inclu
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from u2moe.model.config import ModelConfig
 from u2moe.model.moe import FeedForward, MoEFeedForward
+from u2moe.model.u2 import U2Model
 
 
 @dataclass
@@ -57,3 +60,10 @@ def count_parameters(model: nn.Module) -> list[PartCount]:
         counts[part].total += p.numel()
         counts[part].active += p.numel()
     return [c for c in counts.values() if c.total]
+
+
+def count_config(cfg: ModelConfig) -> list[PartCount]:
+    """`count_parameters` of the U2Model that `cfg` describes, built on the meta device
+    (no memory, so a 1B-parameter config is free to count)."""
+    with torch.device("meta"):
+        return count_parameters(U2Model(cfg))
