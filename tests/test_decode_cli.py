@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,16 @@ def test_a_model_without_right_to_left_decoder_rescores_left_to_right(tmp_path):
     assert isinstance(model.transcribe(tmp_path / "a.wav").text, str)
     with pytest.raises(UserError, match="needs a right-to-left decoder"):
         u2moe.load_model(tmp_path, reverse_weight=0.5)
+
+
+def test_encoder_probe_reports_every_stage_and_the_audio_swap(corpus):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "probe_encoder.py"
+    argv = ["--model", corpus / "model", "--data", corpus / "good.jsonl", "--batches", "1"]
+    out = subprocess.run(
+        [sys.executable, str(script), *map(str, argv)], capture_output=True, text=True, check=True
+    ).stdout
+    rows = {line[:12].strip(): line[12:].split() for line in out.splitlines()[1:5]}
+    assert list(rows) == ["front end", "block 0", "block 1", "final norm"]
+    assert all(0.0 <= float(share) <= 1.0 and float(norm) > 0 for share, norm in rows.values())
+    losses = out.splitlines()[-1].removeprefix("batch 0:").split("|")
+    assert len(losses) == 3 and all(float(loss) > 0 for loss in losses)
