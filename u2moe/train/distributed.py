@@ -8,6 +8,7 @@ gradients and optimizer states sharded across ranks, for models that do not fit 
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -76,10 +77,12 @@ def synchronize() -> None:
     Call it before a successful exit: the process group is torn down when its last owner
     (DDP's reducer) is freed, on a thread that holds the GIL and joins gloo's worker threads;
     a worker still freeing a finished collective needs the GIL too, a deadlock seen at exit.
-    After a barrier no collective is pending.
+    After a barrier no collective is pending, but a worker may not yet have freed the last
+    one (seen under load): sleeping hands it the GIL to finish.
     """
     if dist.is_initialized():
         dist.barrier()
+        time.sleep(0.5)
 
 
 def cleanup() -> None:
