@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from u2moe.demo import DECODINGS, MODES, DemoSize, Model, run_demo
+from u2moe.demo import DECODINGS, MODES, DemoSize, Model, run_demo, stages_side_by_side
+from u2moe.errors import UserError
 
 TINY = Path(__file__).parent.parent / "configs" / "tiny.yaml"
 
@@ -36,3 +38,16 @@ def test_demo_trains_decodes_and_reports_moe_and_dense(tmp_path):
     # A rerun finds every stage done and rebuilds the same table.
     again = run_demo(tmp_path / "demo", models, size)
     assert [r for r in again.splitlines() if r.startswith("| moe")] == rows[: len(rows) // 2]
+
+
+def test_side_by_side_stages_mark_successes_and_name_failures(tmp_path):
+    stages = {
+        "broken": ["train", "--config", tmp_path / "missing.yaml", "--data", tmp_path,
+                   "--exp", tmp_path / "exp"],
+        "fine": ["info", TINY, "--vocab-size", 30],
+    }  # fmt: skip
+    with pytest.raises(UserError, match="broken \\(exit 2\\)") as failure:
+        stages_side_by_side(tmp_path, stages)
+    assert "fine" not in str(failure.value)
+    assert [p.name for p in (tmp_path / "stages").iterdir()] == ["fine.done"]
+    assert "active" in (tmp_path / "logs" / "fine.log").read_text()  # its output, not lost

@@ -166,3 +166,13 @@ def test_cli_reports_bad_input_in_one_line(data_dir, tmp_path, capsys):
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("u2moe train: error: ") and "vocab_size" in err and "\n" not in err
+
+
+def test_reference_bigru_reports_its_ctc_loss(data_dir):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reference_bigru_ctc.py"
+    argv = ["--config", str(CONFIG), "--data", str(data_dir), "--steps", "50"]
+    out = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, check=True
+    ).stdout
+    line = out.splitlines()[-1].split()
+    assert line[:2] == ["step", "50"] and float(line[line.index("ctc") + 1]) > 0

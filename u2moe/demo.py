@@ -5,8 +5,8 @@ as the recipe to copy:
 
   1. corpus   synthesize the English corpus (train / dev / test with unseen speakers)
   2. prepare  manifests, global CMVN, units (the configs' data.tokenizer: BPE)
-  3. train    the small MoE model and a dense model of the same active compute
-              (training ends by averaging the best checkpoints into model.pt)
+  3. train    the small MoE model and a dense model of the same active compute, side by
+              side, one CPU thread each (each ends by averaging its best checkpoints)
   4. decode   the test split, full context and chunk-16 streaming (the encoder really runs
               chunk by chunk with caches), CTC greedy / CTC prefix beam / attention rescoring
   5. report   one table (WER, RTF, parameters total and active per model and mode) on
@@ -18,8 +18,11 @@ was interrupted resumes from its last checkpoint.
 
 import json
 import logging
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +81,7 @@ def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
     stage(out, "prepare", ["prepare", "--train", corpus / "train.jsonl",
                            "--dev", corpus / "dev.jsonl", "--test", corpus / "test.jsonl",
                            "--out", data, "--config", models[0].config])  # fmt: skip
+    trainings = {}
     for model in models:
         exp = out / "exp" / model.name
         argv = ["train", "--config", model.config, "--data", data, "--exp", exp]
@@ -85,7 +89,8 @@ def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
             argv += ["--max-steps", size.max_steps]
         if (exp / "checkpoints").is_dir() and any((exp / "checkpoints").iterdir()):
             argv.append("--resume")
-        stage(out, f"train-{model.name}", argv)
+        trainings[f"train-{model.name}"] = argv
+    stages_side_by_side(out, trainings)
 
     results = []
     for model in models:
@@ -109,17 +114,60 @@ def stage(out: Path, name: str, argv: list, allowed_exit: tuple[int, ...] = (0,)
     """Run one `u2moe` subcommand unless its marker says it already finished."""
     from u2moe.cli import main
 
-    marker = out / "stages" / f"{name}.done"
-    argv = [str(a) for a in argv]
-    command = "u2moe " + shlex.join(argv)
-    if marker.exists():
-        log.info("[%s] done before, skipped: %s", name, command)
+    command = pending(out, name, argv)
+    if command is None:
         return
-    log.info("[%s] %s", name, command)
     start = time.perf_counter()
-    status = main(argv)
+    status = main([str(a) for a in argv])
     if status not in allowed_exit:
         raise UserError(f"stage {name} failed (exit {status}): {command}")
+    finish(out, name, command, start)
+
+
+def stages_side_by_side(out: Path, stages: dict[str, list]) -> None:
+    """Run `u2moe` subcommands as parallel processes of one CPU thread each.
+
+    The small models train faster so: on 2 cores, 80 steps of configs/small.yaml took 81 s
+    for two runs side by side, against 64 s for each run alone with 2 threads (128 s one
+    after the other). The first stage writes to the console (its progress bar), the others
+    to OUT/logs/NAME.log."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    running = []
+    for name, argv in stages.items():
+        command = pending(out, name, argv)
+        if command is None:
+            continue
+        console = open(out / "logs" / f"{name}.log", "w") if running else None
+        argv = [sys.executable, "-m", "u2moe", *map(str, argv)]
+        process = subprocess.Popen(argv, env=env, stdout=console, stderr=console)
+        running.append((name, command, process, console))
+    start = time.perf_counter()
+    failed = []
+    for name, command, process, console in running:
+        if process.wait() != 0:
+            failed.append(f"{name} (exit {process.returncode}): {command}")
+        else:
+            finish(out, name, command, start)
+        if console is not None:
+            console.close()
+    if failed:
+        raise UserError("stage failed: " + "; ".join(failed) + f" (logs in {out / 'logs'})")
+
+
+def pending(out: Path, name: str, argv: list) -> str | None:
+    """The command line of a stage still to run (logged), or None if its marker exists."""
+    command = "u2moe " + shlex.join(str(a) for a in argv)
+    if (out / "stages" / f"{name}.done").exists():
+        log.info("[%s] done before, skipped: %s", name, command)
+        return None
+    log.info("[%s] %s", name, command)
+    return command
+
+
+def finish(out: Path, name: str, command: str, start: float) -> None:
+    """Leave the marker that makes a rerun skip the stage."""
+    marker = out / "stages" / f"{name}.done"
     marker.parent.mkdir(exist_ok=True)
     marker.write_text(f"{command}\n{time.perf_counter() - start:.1f} s\n")
     log.info("[%s] finished in %.1f min", name, (time.perf_counter() - start) / 60)
