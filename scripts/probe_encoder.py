@@ -15,6 +15,7 @@ that uses the audio, for a model directory (or one checkpoint of a training run)
 """
 
 import argparse
+import sys
 from itertools import chain, islice
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from u2moe.config import parse_section
 from u2moe.data.config import DataConfig
 from u2moe.data.dataset import make_dataloader
 from u2moe.data.tokenizer import load_tokenizer
+from u2moe.errors import UserError
 from u2moe.model.io import load_model_dir, load_weights
 from u2moe.train.checkpoint import load_checkpoint
 
@@ -86,4 +88,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"probe_encoder: error: {e}")
