@@ -10,6 +10,7 @@ plateau lasts for a model with a strong sequential bias on this data.
 """
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     step, losses, start = 0, [], time.perf_counter()
-    for epoch in range(10**6):
+    for epoch in itertools.count():
         batches = make_dataloader(args.data / "train.jsonl", data_cfg, tokenizer, True, 0, epoch)
         for batch in batches:
             if "feats" not in batch:  # a worker's report of skipped utterances
