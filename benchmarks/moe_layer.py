@@ -2,6 +2,7 @@
 
     python benchmarks/moe_layer.py                      # d 512, d_ff 2048, 8 experts, top-2
     python benchmarks/moe_layer.py --layers 8           # weights streamed from DRAM
+    python benchmarks/moe_layer.py --device cuda --dtype bfloat16 --layers 8  # on a GPU
 
 Every variant runs on the same input, repetitions interleaved (dense, ref, fast, dense,
 ...) and the median taken, so the ratios compare like with like on a shared machine.
@@ -19,11 +20,19 @@ Floors printed beside the ratios:
 `--layers N` cycles through N independent copies of each layer, so that the weights of
 dense and MoE alike come from DRAM as in a whole model (22 blocks do not fit any cache);
 with 1 the dense FFN (8 MB) stays in the last-level cache while the experts (64 MB) may not.
+`moe_grp` is the same fast dispatch with its experts as two grouped GEMMs
+(`forward(x, grouped=True)`, `torch._grouped_mm`, offsets kept on the device), beside
+`moe_fast` with the per-expert loop (`grouped=False`); eager weights only (d_model and
+d_ff multiples of 8). It is what `forward` picks on a GPU with bf16 (`--device cuda
+--dtype bfloat16`); on CPU it runs too, no faster than the loop at d 512, d_ff 2048
+(docs/BENCHMARKS.md). On CUDA each timing synchronizes the device before and after, and
+packed weights do not apply.
 Inputs are smooth in time (`--input smooth`, neighbouring frames close, like encoder
 activations, so they often choose the same experts) or i.i.d. (`--input iid`).
 """
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -61,23 +70,32 @@ def experts_alone(layer: MoEFeedForward, x: torch.Tensor):
     return lambda _: [layer.expert(e, block) for e, block in blocks]
 
 
+def sync(x: torch.Tensor) -> None:
+    """Wait for the device of x (GPU kernels run asynchronously)."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def time_variants(variants: dict, x: torch.Tensor, reps: int, clock=time.perf_counter):
     """Median seconds per layer call of each variant (a list of layer callables)."""
     times = {name: [] for name in variants}
-    for fns in variants.values():  # warm-up: allocator, packing, caches
+    for fns in variants.values():  # warm-up: allocator, packing, caches, GPU kernels
         for fn in fns:
             fn(x)
     for _ in range(reps):
         for name, fns in variants.items():
+            sync(x)
             start = clock()
             for fn in fns:
                 fn(x)
+            sync(x)
             times[name].append((clock() - start) / len(fns))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def build_variants(args, weights: str) -> tuple[dict, list[MoEFeedForward]]:
-    """Dense, MoE reference and MoE fast layer callables (args.layers copies each)."""
+    """Dense, MoE reference, MoE fast (loop) and, for eager weights, MoE fast with grouped
+    GEMMs: layer callables, args.layers copies each."""
     torch.manual_seed(0)  # the same weights for every backend
     dtype = getattr(torch, args.dtype)
     dense = [FeedForward(args.d_model, args.d_ff, nn.SiLU()) for _ in range(args.layers)]
@@ -85,12 +103,18 @@ def build_variants(args, weights: str) -> tuple[dict, list[MoEFeedForward]]:
         MoEFeedForward(args.d_model, args.d_ff, nn.SiLU(), args.experts, args.top_k)
         for _ in range(args.layers)
     ]
-    dense = [m.eval().to(dtype) for m in dense]
-    moe = [m.eval().to(dtype) for m in moe]
+    dense = [m.eval().to(args.device, dtype) for m in dense]
+    moe = [m.eval().to(args.device, dtype) for m in moe]
     if weights != "eager":
         dense = [pack_for_cpu(m, weights) for m in dense]
         moe = [pack_for_cpu(nn.ModuleList([m]), weights)[0] for m in moe]
-    variants = {"dense": dense, "moe_ref": [m.forward_reference for m in moe], "moe_fast": moe}
+    variants = {
+        "dense": dense,
+        "moe_ref": [m.forward_reference for m in moe],
+        "moe_fast": [functools.partial(m, grouped=False) for m in moe],
+    }
+    if weights == "eager":  # packed layers have no stacked weights to group
+        variants["moe_grp"] = [functools.partial(m, grouped=True) for m in moe]
     return variants, moe
 
 
@@ -104,13 +128,14 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--layers", type=int, default=1, help="independent copies cycled")
     parser.add_argument("--input", choices=["smooth", "iid"], default="smooth")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument(
         "--weights",
         nargs="+",
         choices=["eager", "float32", "int8"],
-        default=["eager", "float32", "int8"],
-        help="eager: nn.Parameters through F.linear; float32/int8: pack_for_cpu",
+        help="eager: nn.Parameters through F.linear; float32/int8: pack_for_cpu "
+        "(default: all three on cpu, eager on cuda)",
     )
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per row (about)")
     parser.add_argument(
@@ -120,28 +145,38 @@ def main() -> None:
         help="cpu: process CPU time, robust to other jobs on a shared machine (1 thread)",
     )
     args = parser.parse_args()
+    args.weights = args.weights or (
+        ["eager", "float32", "int8"] if args.device == "cpu" else ["eager"]
+    )
     if args.dtype != "float32" and args.weights != ["eager"]:
         parser.error("packed weights are float32 or int8; use --weights eager with bfloat16")
+    if args.device == "cuda" and args.weights != ["eager"]:
+        parser.error("packed weights are for CPU; use --weights eager with --device cuda")
+    if args.device == "cuda" and args.clock != "wall":
+        parser.error("GPU time is not process CPU time; use --clock wall with --device cuda")
 
     print(
         f"d_model {args.d_model}, d_ff {args.d_ff}, {args.experts} experts, top-{args.top_k}, "
-        f"{args.dtype}, {args.layers} layer copies, {args.input} input, {args.clock} clock; "
-        f"compute floor {float(args.top_k):.1f}"
+        f"{args.dtype}, {args.device}, {args.layers} layer copies, {args.input} input, "
+        f"{args.clock} clock; compute floor {float(args.top_k):.1f}"
     )
     generator = torch.Generator().manual_seed(0)
     inputs = {n: make_input(n, args.d_model, args.input, generator) for n in args.frames}
     backends = {w: build_variants(args, w) for w in args.weights}
     dtype = getattr(torch, args.dtype)
-    for threads in args.threads:
+    # On a GPU the CPU thread count does not matter: one pass with the current one.
+    for threads in args.threads if args.device == "cpu" else [torch.get_num_threads()]:
         torch.set_num_threads(threads)
-        print(f"\n{threads} thread(s): ms per layer call; ratios to dense of the same weights")
+        where = f"{threads} thread(s)" if args.device == "cpu" else args.device
+        print(f"\n{where}: ms per layer call; ratios to dense of the same weights")
         print(
             f"{'frames':>6} {'weights':>8} {'dense':>9} {'moe_ref':>9} {'moe_fast':>9}"
             f" {'ref/dense':>9} {'fast/dense':>10} {'fast/ref':>8} {'mem floor':>9}"
             f" {'experts/dense':>13} {'fast/experts':>12}"
+            f" {'moe_grp':>9} {'grp/dense':>9} {'grp/fast':>8}"
         )
         for frames, x in inputs.items():
-            x = x.to(dtype)
+            x = x.to(args.device, dtype)
             for weights, (variants, moe) in backends.items():
                 with torch.inference_mode():
                     probe = time_variants({"dense": variants["dense"]}, x, reps=1)["dense"]
@@ -154,7 +189,13 @@ def main() -> None:
                     f" {t['moe_fast'] * 1e3:>9.3f} {t['moe_ref'] / t['dense']:>9.2f}"
                     f" {t['moe_fast'] / t['dense']:>10.2f} {t['moe_fast'] / t['moe_ref']:>8.2f}"
                     f" {experts:>9.1f} {t['experts'] / t['dense']:>13.2f}"
-                    f" {t['moe_fast'] / t['experts']:>12.2f}",
+                    f" {t['moe_fast'] / t['experts']:>12.2f}"
+                    + (
+                        f" {t['moe_grp'] * 1e3:>9.3f} {t['moe_grp'] / t['dense']:>9.2f}"
+                        f" {t['moe_grp'] / t['moe_fast']:>8.2f}"
+                        if "moe_grp" in t
+                        else f" {'-':>9} {'-':>9} {'-':>8}"
+                    ),
                     flush=True,
                 )
 

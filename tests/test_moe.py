@@ -80,6 +80,90 @@ def test_fast_dispatch_gradients_equal_reference():
         torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
 
 
+def _moe_with_an_idle_expert(top_k: int) -> tuple[MoEFeedForward, torch.Tensor]:
+    """4 experts, frames of odd counts (one utterance padded), expert 3 never chosen."""
+    torch.manual_seed(8)
+    moe = MoEFeedForward(16, 32, nn.SiLU(), n_experts=4, top_k=top_k)
+    x = torch.randn(3, 13, 16)
+    x[2, 7:] = 0.0  # padding frames
+    x[..., 0] = x[..., 0].abs() + 1.0  # feature 0 >= 1 on every frame ...
+    with torch.no_grad():
+        moe.router.weight[3] = 0.0
+        moe.router.weight[3, 0] = -20.0  # ... so expert 3 scores <= -20 and loses
+    return moe, x
+
+
+def _output_and_grads(forward, moe: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """forward(x), then the gradients of x and of every parameter of sum(out^2)."""
+    moe.zero_grad()
+    x = x.clone().requires_grad_()
+    y = forward(x)
+    y.float().square().sum().backward()
+    return [y, x.grad, *(p.grad for p in moe.parameters())]
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_grouped_gemm_dispatch_equals_reference(top_k):
+    """The grouped-GEMM branch (forced: `torch._grouped_mm` runs on CPU in this build)
+    against the reference: outputs, and gradients of the input and every parameter."""
+    moe, x = _moe_with_an_idle_expert(top_k)
+    experts = moe.route(x.reshape(-1, 16))[1]
+    assert 3 not in experts and experts.unique().numel() == 3  # one expert gets no frames
+    grouped = _output_and_grads(lambda x: moe(x, grouped=True), moe, x)
+    reference = _output_and_grads(moe.forward_reference, moe, x)
+    for a, b in zip(grouped, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    w_1_grad = grouped[2 + [name for name, _ in moe.named_parameters()].index("w_1")]
+    assert w_1_grad[3].abs().sum() == 0 < w_1_grad[:3].abs().sum()  # expert 3 is idle
+
+
+def test_grouped_gemm_dispatch_bfloat16_and_empty_input():
+    moe, x = _moe_with_an_idle_expert(top_k=2)
+    moe, x = moe.eval().to(torch.bfloat16), x.to(torch.bfloat16)
+    with torch.no_grad():
+        out = moe(x, grouped=True)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, moe.forward_reference(x), atol=2e-2, rtol=2e-2)
+        assert moe(torch.zeros(0, 16, dtype=torch.bfloat16), grouped=True).shape == (0, 16)
+
+
+def test_cpu_takes_the_loop_by_default(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("torch._grouped_mm called on CPU without grouped=True")
+
+    moe = MoEFeedForward(16, 32, nn.SiLU(), n_experts=4, top_k=2).to(torch.bfloat16)
+    x = torch.randn(5, 16, dtype=torch.bfloat16)
+    assert not moe.grouped_mm_usable(x)
+    monkeypatch.setattr(torch, "_grouped_mm", fail)
+    moe(x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("setting", ["bf16 weights", "bf16 autocast"])
+def test_cuda_bfloat16_takes_grouped_gemms_and_matches_the_loop(setting):
+    """On a GPU, bf16 weights, and fp32 weights under bf16 autocast (the trainer's GPU
+    setting), take the grouped branch by default and match the loop branch."""
+    moe, x = _moe_with_an_idle_expert(top_k=2)
+    moe, x = moe.cuda(), x.cuda()
+    if setting == "bf16 weights":
+        moe, x = moe.to(torch.bfloat16), x.to(torch.bfloat16)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=setting == "bf16 autocast")
+
+    def forward(grouped):
+        def run(x):
+            with autocast:
+                return moe(x, grouped=grouped)
+
+        return run
+
+    with autocast:
+        assert moe.grouped_mm_usable(x.reshape(-1, 16))
+    grouped = _output_and_grads(forward(None), moe, x)
+    loop = _output_and_grads(forward(False), moe, x)
+    for a, b in zip(grouped, loop, strict=True):  # bf16: different summation orders
+        assert (a.float() - b.float()).norm() <= 2e-2 * b.float().norm()
+
+
 def test_utilization_counts_every_routed_slot():
     moe = MoEFeedForward(8, 16, nn.SiLU(), n_experts=4, top_k=2)
     moe.track_utilization = True

@@ -7,6 +7,19 @@ selected experts, each a dense FFN. No auxiliary loss unless asked for.
 Expert weights are stacked into (n_experts, ...) tensors so that dispatch can index
 them without Python-level module lists. For CPU inference, `u2moe.model.packing` swaps in
 the same layer with prepacked fp32 or int8 expert weights (only `expert` differs).
+
+`MoEFeedForward.forward` sorts the frame-slots by expert, then runs the experts one of
+two ways on the sorted frames:
+- loop (CPU, and every other case): one F.linear pair per expert that received frames;
+  the block bounds are read on the host (`.tolist()`), a device sync on GPUs.
+- grouped GEMM (CUDA, bf16 tensors or bf16 autocast, eager): each of the two expert GEMMs
+  for all experts in one `torch._grouped_mm` call, the block ends (cumulative per-expert
+  counts, int32) staying on the device, so the layer never waits for the host; biases are
+  gathered per row by expert id. PyTorch's fast kernel for it is bf16 on SM90/SM100
+  (Hopper, Blackwell); other GPUs fall back inside PyTorch to a loop that copies the
+  offsets to the host. Not measured on a GPU in this project yet (docs/BENCHMARKS.md).
+  `torch._grouped_mm` also runs on CPU (fp32, bf16, fp16), no faster than the loop
+  there, so CPU takes it only when asked (`forward(x, grouped=True)`, what the tests do).
 """
 
 import torch
@@ -83,13 +96,16 @@ class MoEFeedForward(nn.Module):
         h = self.dropout(self.activation(F.linear(x, self.w_1[e], self.b_1[e])))
         return F.linear(h, self.w_2[e], self.b_2[e])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fast dispatch: sort the N*k frame-slots by expert once, one GEMM pair per expert.
+    def forward(self, x: torch.Tensor, grouped: bool | None = None) -> torch.Tensor:
+        """Fast dispatch: sort the N*k frame-slots by expert once, then run the experts.
 
         Each expert that received frames runs on one contiguous block of the sorted
         frames (its weights are read once per call, however many frames chose it);
         experts without frames cost nothing. The outputs go back to slot order and are
-        mixed with the router weights. Exportable with torch.export (a dynamic number of
+        mixed with the router weights. The experts run as one GEMM pair per expert (the
+        loop) or as two grouped GEMMs over all blocks: `grouped` None picks the grouped
+        GEMMs where `grouped_mm_usable(x)`, True forces them (e.g. to test them on CPU),
+        False forces the loop. Exportable with torch.export (a dynamic number of
         frames): there, per-expert counts are data-dependent, so every expert runs, on
         a possibly empty block.
         """
@@ -98,20 +114,76 @@ class MoEFeedForward(nn.Module):
         weights, experts = self.route(x)  # (N, k), (N, k)
         sorted_experts, order = experts.flatten().sort(stable=True)  # slot s: frame s // k
         edges = torch.arange(self.n_experts + 1, device=x.device)
-        bounds = torch.searchsorted(sorted_experts, edges).tolist()  # block e: [b[e], b[e+1])
+        bounds = torch.searchsorted(sorted_experts, edges)  # block e: [b[e], b[e+1])
         x_sorted = x.index_select(0, order // self.top_k)  # (N*k, d); faster than x[...]
-        # Compiling/exporting, block sizes are symbolic: no branch on them, every expert runs.
-        run_all = torch.compiler.is_compiling() or x.shape[0] == 0
-        y_sorted = torch.cat(
-            [
-                self.expert(e, x_sorted[bounds[e] : bounds[e + 1]])
-                for e in range(self.n_experts)
-                if run_all or bounds[e + 1] > bounds[e]
-            ]
-        )
+        if grouped is None:
+            grouped = self.grouped_mm_usable(x)
+        if grouped:
+            # The block ends are the cumulative per-expert counts; they stay on the device.
+            offsets = bounds[1:].to(torch.int32)
+            y_sorted = self.grouped_experts(x_sorted, sorted_experts, offsets)
+        else:
+            bounds = bounds.tolist()  # a host sync on GPUs
+            # Compiling/exporting, block sizes are symbolic: no branch on them, every expert runs.
+            run_all = torch.compiler.is_compiling() or x.shape[0] == 0
+            y_sorted = torch.cat(
+                [
+                    self.expert(e, x_sorted[bounds[e] : bounds[e + 1]])
+                    for e in range(self.n_experts)
+                    if run_all or bounds[e + 1] > bounds[e]
+                ]
+            )
         y = y_sorted.index_select(0, order.argsort())  # (N*k, d) back in slot order
         y = torch.bmm(weights.unsqueeze(1), y.view(-1, self.top_k, shape[-1]))
         return y.reshape(shape)
+
+    def gemm_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype the expert GEMMs run in: autocast's where it is on, else x's."""
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return x.dtype
+
+    def grouped_mm_usable(self, x: torch.Tensor) -> bool:
+        """Whether `forward` runs the experts as grouped GEMMs by default (x: (N, d)).
+
+        CUDA only (on CPU the loop is faster), bf16 GEMMs (PyTorch's fast grouped kernel
+        is bf16 only), rows of 16-byte multiples (its TMA loads need aligned strides),
+        fewer than 1024 experts (its limit), and eager mode: under torch.compile/export the
+        loop is the path that is tested. An empty batch takes the loop too (nothing to
+        gain; it spares the kernel an all-empty problem). x.is_cuda comes first: a packed
+        CPU layer (`u2moe.model.packing`) has no stacked weights to look at.
+
+        Offsets need no alignment: the forward GEMMs are jagged in rows, and the weight
+        gradients (jagged in the contraction) get a column-major left operand from
+        autograd, for which PyTorch's kernel accepts any block sizes, empty ones included.
+        """
+        if not x.is_cuda or torch.compiler.is_compiling() or x.shape[0] == 0:
+            return False
+        d_ff, d_model = self.w_1.shape[1:]
+        return (
+            self.gemm_dtype(x) == torch.bfloat16
+            and d_model % 8 == 0
+            and d_ff % 8 == 0
+            and self.n_experts < 1024
+        )
+
+    def grouped_experts(
+        self, x: torch.Tensor, experts: torch.Tensor, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        """Every expert on its block of sorted frames, one `torch._grouped_mm` per GEMM.
+
+        x: (M, d) frames sorted by expert; experts: (M,) their expert ids (sorted);
+        offsets: (E,) int32, offsets[e] = end of expert e's block (offsets[-1] == M).
+        -> (M, d) in the GEMM dtype. Empty blocks are allowed.
+        """
+        dtype = self.gemm_dtype(x)  # cast here: autocast leaves _grouped_mm alone (on CPU)
+        x = x.to(dtype)
+        # w_1.mT: (E, d, d_ff), column-major like F.linear's weight; no copy.
+        h = torch._grouped_mm(x, self.w_1.to(dtype).mT, offs=offsets)  # (M, d_ff)
+        h = h + self.b_1.to(dtype).index_select(0, experts)  # bias per row, by expert
+        h = self.dropout(self.activation(h))
+        y = torch._grouped_mm(h, self.w_2.to(dtype).mT, offs=offsets)  # (M, d)
+        return y + self.b_2.to(dtype).index_select(0, experts)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain dispatch (a loop over experts with masks): the oracle for `forward`."""
