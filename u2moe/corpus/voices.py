@@ -27,8 +27,8 @@ ENGINES = ("espeak-ng", "mbrola", "flite", "festival", "pico", "rhvoice")
 
 # Share of training utterances per engine. The natural-sounding engines carry the sound
 # that test is scored on and three quarters of the audio; the formant and foreign-accent
-# voices add variety. (With half the audio robotic, the demo's models stayed on the CTC
-# plateau: docs/TRAINING.md.)
+# voices add variety. (With half the audio robotic and the earlier training recipe, the
+# demo's models stayed on the CTC plateau; both changed together: docs/TRAINING.md.)
 TRAIN_ENGINE_WEIGHTS = {
     "espeak-ng": 0.10,
     "mbrola": 0.15,
