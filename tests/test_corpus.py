@@ -18,10 +18,12 @@ from u2moe.corpus.recipe import (
     plan,
 )
 from u2moe.corpus.sentences import (
+    closed_vocabulary,
     fortune_paragraphs,
     normalize,
     sentence_split,
     split_sentences,
+    within_vocabulary,
     wordnet_examples,
 )
 from u2moe.corpus.synthesize import Job, Variation, run_jobs, wav_duration
@@ -196,6 +198,30 @@ def test_plan_without_an_engine():
         plan(SENTENCES[:500], list(CATALOGUE), seed=0, sizes=SMALL)
 
 
+def letters(i: int) -> str:
+    """0 -> 'a', 25 -> 'z', 26 -> 'ba': a distinct word per number."""
+    return (letters(i // 26) if i >= 26 else "") + chr(ord("a") + i % 26)
+
+
+def test_closed_vocabulary_is_the_most_frequent_training_words():
+    rng = random.Random(0)
+    common = "alpha bravo charlie delta echo".split()
+    sentences = [" ".join(rng.choices(common, k=6)) for _ in range(3000)]
+    sentences += [f"alpha bravo charlie rare{letters(i)}" for i in range(3000)]
+    sentences = sorted(set(sentences))
+    # Each rare word occurs once; the common ones in every sentence of the train band.
+    assert closed_vocabulary(sentences, 3) == {"alpha", "bravo", "charlie"}
+    assert closed_vocabulary(sentences, 5) == set(common)
+    kept = within_vocabulary(sentences, 5)
+    assert kept == [s for s in sentences if "rare" not in s]
+    assert within_vocabulary(sentences, None) == sentences
+    utterances = plan(sentences, list(CATALOGUE), 0, Sizes(0.5, 80, 80, vocabulary=5))
+    assert {u.split for u in utterances} == {"train", "dev", "test"}
+    assert all(set(u.job.text.split()) <= set(common) for u in utterances)
+    with pytest.raises(UserError, match="larger --vocabulary"):
+        plan(sentences, list(CATALOGUE), 0, Sizes(0.5, 80, 80, vocabulary=2))
+
+
 def test_missing_engine_is_reported_not_fatal(monkeypatch):
     real_which = voices_module.shutil.which
     monkeypatch.setattr(
@@ -319,4 +345,6 @@ def test_cli(tmp_path, capsys):
     assert "flite-kal16" in listing and "rhvoice-bdl" in listing and "CC-BY-NC-ND" in listing
     assert cli_main(["corpus", "--out", str(tmp_path), "--engines", "sam"]) == 2
     assert "unknown engine" in capsys.readouterr().err
+    assert cli_main(["corpus", "--out", str(tmp_path), "--vocabulary", "many"]) == 2
+    assert "--vocabulary must be a positive number" in capsys.readouterr().err
     assert cli_main(["corpus", "--list-voices"]) == 0

@@ -149,17 +149,18 @@ def test_order_depends_on_seed_and_epoch(corpus):
     assert unshuffled[0] == unshuffled[1] == all_keys(epoch_batches(corpus, config(), False)[0])
 
 
-def test_augmentation_only_in_training(corpus):
-    def feats_by_key(cfg, train):
-        batches, _ = epoch_batches(corpus, cfg, train, seed=5)
-        return {
-            key: b["feats"][i, : b["feats_lengths"][i]]
-            for b in batches
-            for i, key in enumerate(b["keys"])
-        }
+def feats_by_key(corpus, cfg, train, epoch=0):
+    batches, _ = epoch_batches(corpus, cfg, train, seed=5, epoch=epoch)
+    return {
+        key: b["feats"][i, : b["feats_lengths"][i]]
+        for b in batches
+        for i, key in enumerate(b["keys"])
+    }
 
-    evaluation = feats_by_key(config(), False)
-    trained = feats_by_key(config(), True)
+
+def test_augmentation_only_in_training(corpus):
+    evaluation = feats_by_key(corpus, config(), False)
+    trained = feats_by_key(corpus, config(), True)
     assert all(not torch.equal(trained[k], evaluation[k]) for k in evaluation)
     changed_length = sum(trained[k].shape[0] != evaluation[k].shape[0] for k in evaluation)
     assert changed_length > 5  # speed perturbation 0.9 / 1.1 on about two thirds
@@ -167,8 +168,18 @@ def test_augmentation_only_in_training(corpus):
     assert masked > 20  # SpecAugment time masks
     plain = AugmentConfig(speed_perturb=[1.0])
     plain.spec_aug.num_t_mask = plain.spec_aug.num_f_mask = plain.spec_sub.num_t_sub = 0
-    unaugmented = feats_by_key(config(augment=plain, dither=0.0), True)
+    unaugmented = feats_by_key(corpus, config(augment=plain, dither=0.0), True)
     assert all(torch.equal(unaugmented[k], evaluation[k]) for k in evaluation)
+
+
+def test_augmentation_starts_at_start_epoch(corpus):
+    late = config(augment=AugmentConfig(start_epoch=2), dither=0.0)
+    evaluation = feats_by_key(corpus, late, False)
+    for epoch in (0, 1):
+        clean = feats_by_key(corpus, late, True, epoch)
+        assert all(torch.equal(clean[k], evaluation[k]) for k in evaluation)
+    augmented = feats_by_key(corpus, late, True, epoch=2)
+    assert sum(not torch.equal(augmented[k], evaluation[k]) for k in evaluation) > 20
 
 
 @pytest.mark.parametrize("workers", [0, 2])

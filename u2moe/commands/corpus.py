@@ -30,6 +30,11 @@ def add_arguments(parser):
         "--test-utts", type=int, help=f"test utterances (default {DEFAULT_SIZES.test_utts})"
     )
     parser.add_argument(
+        "--vocabulary",
+        help=f"keep only sentences of the N most frequent training words, or 'open' for all "
+        f"(default {DEFAULT_SIZES.vocabulary})",
+    )
+    parser.add_argument(
         "--tiny",
         action="store_true",
         help=f"a few dozen utterances from {' and '.join(TINY_ENGINES)} (for tests)",
@@ -59,6 +64,14 @@ def list_voices() -> None:
         print(f"  {engine}: {licence}")
 
 
+def parse_vocabulary(text: str) -> int | None:
+    if text == "open":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--vocabulary must be a positive number of words or 'open', not {text!r}")
+    return int(text)
+
+
 def main(args) -> int:
     if args.list_voices:
         list_voices()
@@ -70,6 +83,9 @@ def main(args) -> int:
         train_hours=base.train_hours if args.hours is None else args.hours,
         dev_utts=base.dev_utts if args.dev_utts is None else args.dev_utts,
         test_utts=base.test_utts if args.test_utts is None else args.test_utts,
+        vocabulary=base.vocabulary
+        if args.vocabulary is None
+        else parse_vocabulary(args.vocabulary),
     )
     if sizes.train_hours <= 0 or sizes.dev_utts < 0 or sizes.test_utts < 0:
         raise UserError("--hours must be positive and --dev-utts/--test-utts not negative")

@@ -8,6 +8,7 @@ Which split a sentence may go to depends only on its text (the SHA-1 band), neve
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -138,6 +139,25 @@ def missing_sources() -> list[str]:
     needed = [FORTUNES_DIR / "fortunes", DICTIONARY]
     needed += [WORDNET_DIR / f"data.{part}" for part in ("noun", "verb", "adj", "adv")]
     return [str(p) for p in needed if not p.exists()]
+
+
+def closed_vocabulary(sentences: Iterable[str], size: int) -> set[str]:
+    """The `size` most frequent words of the train band (ties alphabetically).
+
+    Counted on training sentences only, so no dev or test text shapes the task.
+    """
+    counts = Counter(w for s in sentences if sentence_split(s) == "train" for w in s.split())
+    ranked = sorted(counts, key=lambda w: (-counts[w], w))
+    return set(ranked[:size])
+
+
+def within_vocabulary(sentences: Iterable[str], size: int | None) -> list[str]:
+    """The sentences all of whose words are among the `size` most frequent (None: all)."""
+    sentences = list(sentences)
+    if size is None:
+        return sentences
+    words = closed_vocabulary(sentences, size)
+    return [s for s in sentences if set(s.split()) <= words]
 
 
 def load_sentences() -> list[str]:

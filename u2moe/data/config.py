@@ -50,8 +50,15 @@ class SpecSubConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation; nothing here is applied at evaluation."""
+    """Training-time augmentation; nothing here is applied at evaluation.
 
+    `start_epoch`: epochs trained on clean features before speed perturbation, SpecAugment
+    and SpecSub start. A small model on a few hours can stall on the CTC plateau (blank
+    everywhere) when augmented from the first step; switched on once it has left the
+    plateau, augmentation still regularizes (docs/TRAINING.md).
+    """
+
+    start_epoch: int = 0
     speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
     spec_aug: SpecAugConfig = field(default_factory=SpecAugConfig)
     spec_sub: SpecSubConfig = field(default_factory=SpecSubConfig)
@@ -94,6 +101,7 @@ class DataConfig:
                 len(aug.speed_perturb) > 0 and all(0.5 <= s <= 2.0 for s in aug.speed_perturb),
                 f"augment.speed_perturb must list speeds in [0.5, 2], got {aug.speed_perturb}",
             ),
+            (aug.start_epoch >= 0, f"augment.start_epoch must be >= 0, got {aug.start_epoch}"),
             (batch.max_frames_in_batch > 0, "batch.max_frames_in_batch must be > 0"),
             (batch.bucket_size > 0, "batch.bucket_size must be > 0"),
             (batch.num_workers >= 0, "batch.num_workers must be >= 0"),

@@ -90,6 +90,10 @@ class UtteranceBatches(IterableDataset):
         if skipped:
             yield {"skipped": skipped, "worker": worker}
 
+    @property
+    def augmenting(self) -> bool:
+        return self.train and self.epoch >= self.cfg.augment.start_epoch
+
     def _order(self) -> np.ndarray:
         if self.train and self.cfg.batch.shuffle:
             return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.manifest))
@@ -154,7 +158,9 @@ class UtteranceBatches(IterableDataset):
         rng = None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            samples = speed_perturb(samples, float(rng.choice(self.cfg.augment.speed_perturb)))
+            if self.augmenting:
+                speed = float(rng.choice(self.cfg.augment.speed_perturb))
+                samples = speed_perturb(samples, speed)
         frames = num_frames(len(samples), self.cfg.features)
         return _Loaded(entry.key, samples, frames, tokens, rng)
 
@@ -167,6 +173,8 @@ class UtteranceBatches(IterableDataset):
         noise = item.rng.standard_normal(len(item.samples), dtype=np.float32)
         dithered = item.samples + noise * np.float32(self.cfg.features.dither / INT16_SCALE)
         feats = compute_fbank(dithered, 0.0, self.cfg.features)
+        if not self.augmenting:
+            return feats
         feats = spec_augment(feats, self.cfg.augment.spec_aug, item.rng)
         return spec_sub(feats, self.cfg.augment.spec_sub, item.rng)
 
