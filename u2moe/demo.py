@@ -213,6 +213,8 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
         f"{len(split['speakers'])} speakers"
         for name, split in corpus["splits"].items()
     )
+    vocabulary = corpus["options"].get("vocabulary")
+    task = "open vocabulary" if vocabulary is None else f"closed {vocabulary}-word vocabulary"
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     figures = []
@@ -225,7 +227,7 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
         [
             "# u2moe demo: U2++ MoE vs dense at small scale",
             "",
-            f"Corpus: {splits} (test speakers and sentences unseen in training).",
+            f"Corpus ({task}): {splits} (test speakers and sentences unseen in training).",
             f"RTF = processing seconds / audio seconds, {DECODE_THREADS} CPU thread, test split; "
             f"weights packed once for CPU inference (float32, or int8 where noted); "
             f"streaming rows run the encoder chunk by chunk with caches. "
