@@ -29,6 +29,7 @@ def test_parses_nested_sections():
         ({"batch": {"max_frame": 1}}, "x.yaml: data.batch: unknown key 'max_frame'"),
         ({"tokenizer": {"type": "word"}}, "'word' is not one of 'char', 'bpe'"),
         ({"augment": {"speed_perturb": [0.1]}}, "augment.speed_perturb must list speeds"),
+        ({"augment": {"start_epoch": -1}}, "augment.start_epoch must be >= 0, got -1"),
         ({"batch": {"max_frames_in_batch": 1000}}, "batch.max_duration 40.0 s"),
         ({"batch": {"min_duration": 5, "max_duration": 2}}, "batch.min_duration must be"),
     ],

@@ -70,7 +70,7 @@ class Sizes:
 # words occur fewer than 5 times in 3 h of training, and the model guesses their spelling.
 DEFAULT_SIZES = Sizes(train_hours=3.0, dev_utts=300, test_utts=300, vocabulary=2000)
 # For tests and smoke runs: a few dozen utterances from the fast engines.
-TINY_SIZES = Sizes(train_hours=0.02, dev_utts=6, test_utts=6, vocabulary=2000)
+TINY_SIZES = Sizes(train_hours=0.02, dev_utts=6, test_utts=6, vocabulary=DEFAULT_SIZES.vocabulary)
 TINY_ENGINES = ("espeak-ng", "flite")
 
 
