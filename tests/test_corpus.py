@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,21 @@ def test_plan_is_deterministic_and_extends_with_size():
     for split in ("train", "dev", "test"):
         small = [u for u in first if u.split == split]
         assert [u for u in bigger if u.split == split][: len(small)] == small
+
+
+def test_training_split_reads_sentences_again_once_all_are_read():
+    few = SENTENCES[:2000]  # about 1,700 training sentences, 1.6 h read once
+    utterances = plan(few, list(CATALOGUE), seed=0, sizes=Sizes(2.0, 80, 80))
+    texts = [u.job.text for u in utterances if u.split == "train"]
+    pool = {s for s in few if reference_fraction(s) >= 0.15}
+    assert set(texts[: len(pool)]) == pool  # every sentence once before any twice
+    counts = Counter(texts)
+    assert max(counts.values()) == 2  # 2 h is 1.2 times the pool
+    # A reading again gets its own voice and variation, not a copy of the first.
+    twice = next(text for text, n in counts.items() if n == 2)
+    first, again = [u.job for u in utterances if u.job.text == twice]
+    assert (first.engine_voice, first.variation) != (again.engine_voice, again.variation)
+    assert first.key != again.key
 
 
 def test_plan_without_an_engine():

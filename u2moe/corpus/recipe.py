@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,12 +148,11 @@ def plan(sentences: list[str], voices: list[Voice], seed: int, sizes: Sizes) -> 
     for split in SPLITS:
         rng = random.Random(f"u2moe-corpus:{seed}:{split}")
         pool = bands[split]
-        rng.shuffle(pool)
         pick = _voice_picker(split, [v for v in voices if v.split == split])
         budget = sizes.train_hours * 3600 if split == "train" else None
         wanted = {"dev": sizes.dev_utts, "test": sizes.test_utts}.get(split)
         total = 0.0
-        for index, text in enumerate(pool):
+        for index, text in enumerate(_readings(pool, rng, again=budget is not None)):
             if (budget is not None and total >= budget) or index == wanted:
                 break
             voice = pick(rng)
@@ -161,13 +161,25 @@ def plan(sentences: list[str], voices: list[Voice], seed: int, sizes: Sizes) -> 
             key = f"{voice.speaker}_{split}_{index:05d}"
             job = Job(key, voice.engine, voice.name, text, variation)
             utterances.append(Utterance(split, voice.speaker, voice.id, job))
-        else:
-            if (wanted is None and total < budget) or (wanted is not None and len(pool) < wanted):
+        else:  # only an empty training pool, or fewer dev/test sentences than wanted
+            if wanted is None or len(pool) < wanted:
                 raise UserError(
                     f"only {len(pool)} {split} sentences are available; ask for a smaller size"
                     + ("" if sizes.vocabulary is None else " or a larger --vocabulary")
                 )
     return utterances
+
+
+def _readings(pool: list[str], rng: random.Random, again: bool) -> Iterator[str]:
+    """The pool's sentences in a random order; with `again`, once all have been read, a new
+    order of all of them, and so on (each reading draws its own voice and variation), so
+    the training audio is not capped by the number of sentences of a closed vocabulary."""
+    while pool:
+        order = pool[:]
+        rng.shuffle(order)
+        yield from order
+        if not again:
+            return
 
 
 def _write_atomic(path: Path, text: str) -> None:
