@@ -86,3 +86,17 @@ def test_options_follow_config():
     wave = speechlike(0.5)
     feats = compute_fbank(wave, cfg=FeatureConfig(num_mel_bins=40, frame_shift=20.0))
     assert feats.shape == (num_frames(len(wave), FeatureConfig(frame_shift=20.0)), 40)
+
+
+def test_log_floor_raises_digital_silence_only():
+    # Speech, then digital zeros: the silent frames sit at log(eps) = -15.9 unless floored.
+    wave = np.concatenate([speechlike(0.5), np.zeros(8000, np.float32)])
+    plain = compute_fbank(wave)
+    floored = compute_fbank(wave, cfg=FeatureConfig(log_floor=3.0))
+    assert plain.min() < -15
+    assert floored.min() == 3.0
+    assert torch.equal(floored, plain.clamp(min=3.0))
+    fbank = OnlineFbank(FeatureConfig(log_floor=3.0))  # the streaming path floors the same
+    fbank.accept_waveform(wave)
+    fbank.input_finished()
+    assert torch.equal(fbank.pop_frames(), floored)

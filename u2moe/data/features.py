@@ -64,6 +64,8 @@ class OnlineFbank:
             return torch.zeros(0, self.cfg.num_mel_bins)
         # get_frame returns views into knf's buffer: copy them before pop frees it.
         frames = np.stack([self._fbank.get_frame(i) for i in range(self._next, ready)])
+        if self.cfg.log_floor is not None:
+            np.maximum(frames, np.float32(self.cfg.log_floor), out=frames)
         self._fbank.pop(ready - self._next)
         self._next = ready
         return torch.from_numpy(frames)
