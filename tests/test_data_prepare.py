@@ -118,7 +118,14 @@ def test_prepare_bpe_and_errors(tmp_path, capsys):
         tokenizer.bpe is not None
         and tokenizer.decode(tokenizer.encode(SENTENCES[0])) == SENTENCES[0]
     )
-    assert json.loads((out / "summary.json").read_text())["cmvn"]["utterances"] == 3
+    cmvn = json.loads((out / "summary.json").read_text())["cmvn"]
+    assert cmvn["utterances"] == 3
+    assert cmvn["features"] == {
+        "num_mel_bins": 80,
+        "frame_length": 25.0,
+        "frame_shift": 10.0,
+        "log_floor": None,
+    }
     capsys.readouterr()
 
     missing = ["prepare", "--train", str(tmp_path / "nope.jsonl"), "--dev", str(tmp_path / "dev")]

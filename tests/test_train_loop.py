@@ -1,5 +1,6 @@
 """`u2moe train` end to end on a tiny MoE model: outputs, exact resume, averaging, bad input."""
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ from train_data import CONFIG, make_prepared_dir  # noqa: I001 (tests/ helper)
 
 from u2moe.cli import main as cli_main
 from u2moe.config import load_yaml
+from u2moe.data.config import FeatureConfig
+from u2moe.data.prepare import cmvn_features
 from u2moe.errors import UserError
 from u2moe.model.io import load_model_dir
 from u2moe.train.checkpoint import load_checkpoint, read_index
@@ -140,6 +143,19 @@ def test_config_that_does_not_fit_the_data(data_dir, tmp_path):
     with pytest.raises(UserError, match="model.input_dim 40 does not match"):
         run_train(data_dir, tmp_path / "b", _tiny(input_dim=40))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_features_other_than_the_cmvn_were_measured_with(data_dir, tmp_path):
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    summary = {"cmvn": {"features": cmvn_features(FeatureConfig())}}  # as `prepare` records
+    (data / "summary.json").write_text(json.dumps(summary))
+    config = _tiny()
+    config["data"].setdefault("features", {})["log_floor"] = 3.0
+    with pytest.raises(
+        UserError, match=r"log_floor is 3.0, but .*global_cmvn was measured with None"
+    ):
+        run_train(data, tmp_path / "a", config)
+    assert not (tmp_path / "a").exists()
 
 
 def test_existing_experiment_is_never_overwritten(trained, data_dir, tmp_path):

@@ -18,13 +18,16 @@ from tqdm import tqdm
 
 from u2moe.data.audio import SAMPLE_RATE, AudioError, load_audio
 from u2moe.data.cmvn import CmvnStats
-from u2moe.data.config import DataConfig
+from u2moe.data.config import DataConfig, FeatureConfig
 from u2moe.data.features import compute_fbank
 from u2moe.data.files import atomic_path, write_text_atomic
 from u2moe.data.manifest import BadEntry, Manifest, Utterance
 from u2moe.data.skips import SkipStats
 from u2moe.data.tokenizer import train_tokenizer
 from u2moe.errors import UserError
+
+
+CMVN_FEATURE_KEYS = ("num_mel_bins", "frame_length", "frame_shift", "log_floor")
 
 
 @dataclass
@@ -102,9 +105,41 @@ def prepare(
     cmvn.save(out_dir / "global_cmvn")
     summary = {name: report.as_dict() for name, report in reports.items()}
     summary["tokenizer"] = {"type": cfg.tokenizer.type, "vocab_size": tokenizer.vocab_size}
-    summary["cmvn"] = {"utterances": sample_size, "frames": cmvn.frames}
+    summary["cmvn"] = {
+        "utterances": sample_size,
+        "frames": cmvn.frames,
+        "features": cmvn_features(cfg.features),
+    }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return reports
+
+
+def cmvn_features(cfg: FeatureConfig) -> dict:
+    """The feature options the CMVN statistics depend on (dither is for training only)."""
+    return {key: getattr(cfg, key) for key in CMVN_FEATURE_KEYS}
+
+
+def check_cmvn_features(data_dir: Path, cfg: FeatureConfig, name: str) -> None:
+    """Refuse a config whose fbank differs from the one the data's CMVN was measured on.
+
+    Data prepared by other tools (or before this was recorded) has nothing to compare.
+    """
+    summary_path = data_dir / "summary.json"
+    if not summary_path.is_file():
+        return
+    try:
+        recorded = json.loads(summary_path.read_text()).get("cmvn", {}).get("features")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"{summary_path}: not a summary written by u2moe prepare ({e})") from e
+    if recorded is None:
+        return
+    for key, value in cmvn_features(cfg).items():
+        if recorded.get(key) != value:
+            raise UserError(
+                f"{name}: data.features.{key} is {value}, but {data_dir / 'global_cmvn'} was "
+                f"measured with {recorded.get(key)} ({summary_path}); prepare the data again "
+                "with this config"
+            )
 
 
 def _test_names(tests: list[str]) -> dict[str, str]:

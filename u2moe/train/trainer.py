@@ -30,6 +30,7 @@ from u2moe.config import ConfigError, as_dict, load_yaml, parse_section, save_ya
 from u2moe.data.cmvn import load_cmvn
 from u2moe.data.config import DataConfig
 from u2moe.data.dataset import make_dataloader
+from u2moe.data.prepare import check_cmvn_features
 from u2moe.data.tokenizer import Tokenizer, load_tokenizer
 from u2moe.decode.scoring import ErrorCounts, word_errors
 from u2moe.decode.search import ctc_greedy_search
@@ -180,6 +181,7 @@ def _train(
     # ---- inputs: config, units, experiment directory ----
     data_cfg = parse_section(DataConfig, config.get("data"), f"{config_name}: data")
     tokenizer = load_tokenizer(data_dir, data_cfg.tokenizer)
+    check_cmvn_features(data_dir, data_cfg.features, config_name)
     cfg = resolve_config(config, config_name, tokenizer)
     tc = cfg.train
     resume_from = check_experiment(exp_dir, cfg.raw, resume)
