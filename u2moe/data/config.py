@@ -19,8 +19,8 @@ class FeatureConfig:
     # Std of Gaussian noise in int16 units added to training audio (evaluation: none).
     dither: float = 1.0
     # Lowest log-mel value: digital silence (log(eps) = -15.9) raised to it. Synthesized
-    # audio holds long stretches of it, which doubled the global CMVN std and squeezed the
-    # speech into a third of the normalized range (docs/TRAINING.md). None: off (WeNet).
+    # audio holds long stretches of it, which doubled the global CMVN std and so halved the
+    # normalized range of the speech (docs/TRAINING.md). None: off (WeNet).
     log_floor: float | None = None
 
 
