@@ -6,7 +6,7 @@
 # when one of those is missing, a deb822 source for contrib/non-free is added first.
 set -euo pipefail
 
-base=(sox libsndfile1)
+base=(sox libsndfile1 irstlm)  # irstlm: word n-gram LMs for `u2moe lm`
 # Engines and voices of the corpus recipe (u2moe/corpus/voices.py), and its text sources.
 corpus_main=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k

@@ -146,6 +146,26 @@ def test_streaming_needs_a_chunk_size(corpus, capsys):
     assert "streaming decoding needs chunk_size > 0" in capsys.readouterr().err
 
 
+def test_lexicon_search_decodes_only_words_of_the_lm_text(corpus, capsys):
+    lm, out = corpus / "lm", corpus / "lexicon_out"
+    assert main(["lm", "--units", str(corpus / "model"), "--text", str(corpus / "good.jsonl"),
+                 "--out", str(lm)]) == 0  # fmt: skip
+    assert "3-gram LM of 4 sentences, lexicon of 3 words" in capsys.readouterr().out
+    args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
+    args += ["--out", str(out), "--mode", "ctc_greedy_search,ctc_lexicon_beam_search"]
+    assert main(args) == 2
+    assert "ctc_lexicon_beam_search needs lm" in capsys.readouterr().err
+    assert main([*args, "--lm", str(lm), "--word-score", "5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decode"]["lm"] == str(lm)
+    hyps = read_table(out / "ctc_lexicon_beam_search" / "hyps.txt")
+    words = {word for _, text in hyps for word in text.split()}
+    assert len(hyps) == 4 and words and words <= {"ab", "cd", "e"}
+    model = u2moe.load_model(corpus / "model", lm=str(lm), word_score=5.0)
+    text = model.transcribe(corpus / "u1.wav", mode="ctc_lexicon_beam_search").text
+    assert text == dict(hyps)["u1"]
+
+
 def test_bad_utterances_are_reported_and_the_rest_decoded(corpus, capsys):
     out = corpus / "mixed_out"
     args = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "mixed.jsonl")]

@@ -32,7 +32,7 @@ def test_demo_trains_decodes_and_reports_moe_and_dense(tmp_path):
     stages = sorted(p.stem for p in (tmp_path / "demo" / "stages").glob("*.done"))
     assert stages == [
         "corpus", "decode-dense-chunk16", "decode-dense-chunk16-int8", "decode-dense-full",
-        "decode-moe-chunk16", "decode-moe-chunk16-int8", "decode-moe-full", "prepare",
+        "decode-moe-chunk16", "decode-moe-chunk16-int8", "decode-moe-full", "lm", "prepare",
         "train-dense", "train-moe",
     ]  # fmt: skip
     # A rerun finds every stage done and rebuilds the same table.

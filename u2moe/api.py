@@ -61,6 +61,17 @@ class Transcriber:
         self.device = next(model.parameters()).device
         self.min_frames = model.encoder.right_context + 1  # fbank frames of one encoder frame
         self.frame_shift = model.encoder.subsampling_rate * data_cfg.features.frame_shift / 1000
+        self.lexicon = None  # the lexicon and word LM of ctc_lexicon_beam_search, if given
+        if decode_cfg.lm is not None:
+            from u2moe.decode.lexicon import LexiconSearch
+
+            self.lexicon = LexiconSearch(
+                decode_cfg.lm,
+                tokenizer,
+                decode_cfg.beam_size,
+                decode_cfg.lm_weight,
+                decode_cfg.word_score,
+            )
 
     def features(
         self,
@@ -110,6 +121,8 @@ class Transcriber:
         mode = mode or self.decode_cfg.modes[0]
         if mode not in MODES:
             raise UserError(f"unknown decoding mode {mode!r} (known: {', '.join(MODES)})")
+        if mode == "ctc_lexicon_beam_search" and self.lexicon is None:
+            raise UserError(f"{mode} needs an LM directory: load_model(..., lm=DIR)")
         feats = self.features(audio, sample_rate)
         cfg = dataclasses.replace(self.decode_cfg, modes=[mode])
         with torch.inference_mode():
@@ -118,6 +131,7 @@ class Transcriber:
                 feats[None].to(self.device),
                 torch.tensor([len(feats)], device=self.device),
                 cfg,
+                self.lexicon,
             )
         hyp = out.hyps[mode][0]
         result = Transcription(self.tokenizer.decode(hyp.tokens), hyp.tokens)

@@ -19,6 +19,7 @@ COMMANDS = {
     "prepare": ("u2moe.commands.prepare", "manifests, CMVN and tokenizer from a corpus"),
     "train": ("u2moe.commands.train", "train a U2++ (MoE) model"),
     "average": ("u2moe.commands.average", "average the best checkpoints of an experiment"),
+    "lm": ("u2moe.commands.lm", "a lexicon and word n-gram LM for ctc_lexicon_beam_search"),
     "decode": ("u2moe.commands.decode", "decode a manifest and score WER/CER and RTF"),
     "transcribe": ("u2moe.commands.transcribe", "transcribe audio files"),
     "demo": ("u2moe.commands.demo", "the main job: corpus, train MoE and dense, decode, report"),

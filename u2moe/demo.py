@@ -7,9 +7,11 @@ as the recipe to copy:
   2. prepare  manifests, global CMVN, units (the configs' data.tokenizer: BPE)
   3. train    the small MoE model and a dense model of the same active compute, side by
               side, one CPU thread each (each ends by averaging its best checkpoints)
-  4. decode   the test split, full context and chunk-16 streaming (the encoder really runs
+  4. lm       a lexicon and word trigram LM from the training transcripts
+  5. decode   the test split, full context and chunk-16 streaming (the encoder really runs
               chunk by chunk with caches), CTC greedy / CTC prefix beam / attention rescoring
-  5. report   one table (WER, RTF, parameters total and active per model and mode) on
+              / CTC beam search over the lexicon's words with the LM
+  6. report   one table (WER, RTF, parameters total and active per model and mode) on
               stdout and in OUT/REPORT.md with the training plots
 
 A finished stage leaves a marker in OUT/stages/ and is skipped on a rerun; training that
@@ -31,7 +33,12 @@ from u2moe.errors import UserError
 
 log = logging.getLogger("u2moe.demo")
 
-MODES = ["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"]
+MODES = [
+    "ctc_greedy_search",
+    "ctc_prefix_beam_search",
+    "attention_rescoring",
+    "ctc_lexicon_beam_search",
+]
 DECODE_THREADS = 1  # RTF is measured on one thread, the usual convention
 
 
@@ -91,6 +98,8 @@ def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
             argv.append("--resume")
         trainings[f"train-{model.name}"] = argv
     stages_side_by_side(out, trainings)
+    lm = out / "lm"
+    stage(out, "lm", ["lm", "--units", data, "--text", data / "train.jsonl", "--out", lm])
 
     results = []
     for model in models:
@@ -99,7 +108,7 @@ def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
             argv = ["decode", "--model", out / "exp" / model.name, "--data",
                     data / "test.jsonl", "--out", decode_dir, "--mode", ",".join(MODES),
                     "--chunk-size", decoding.chunk_size, "--cpu-weights", decoding.cpu_weights,
-                    "--threads", DECODE_THREADS]  # fmt: skip
+                    "--lm", lm, "--threads", DECODE_THREADS]  # fmt: skip
             if decoding.chunk_size > 0:
                 argv.append("--streaming")
             stage(out, f"decode-{model.name}-{decoding.name}", argv, allowed_exit=(0, 1))

@@ -63,6 +63,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int)
     parser.add_argument("--ctc-weight", type=float, help="CTC weight in attention rescoring")
     parser.add_argument("--reverse-weight", type=float, help="right-to-left decoder weight")
+    parser.add_argument("--lm", help="LM directory from `u2moe lm` (ctc_lexicon_beam_search)")
+    parser.add_argument("--lm-weight", type=float, help="word LM weight (lexicon search)")
+    parser.add_argument("--word-score", type=float, help="bonus per word (lexicon search)")
     parser.add_argument(
         "--streaming",
         action="store_true",
@@ -80,6 +83,9 @@ def search_options(args: argparse.Namespace) -> dict:
         "beam_size": args.beam_size,
         "ctc_weight": args.ctc_weight,
         "reverse_weight": args.reverse_weight,
+        "lm": args.lm,
+        "lm_weight": args.lm_weight,
+        "word_score": args.word_score,
         "streaming": args.streaming or None,
     }
     return {k: v for k, v in options.items() if v is not None}
@@ -211,7 +217,11 @@ def decode_utterances(
     start = time.perf_counter()
     with torch.inference_mode():
         out = decode_batch(
-            transcriber.model, feats.to(transcriber.device), lengths, transcriber.decode_cfg
+            transcriber.model,
+            feats.to(transcriber.device),
+            lengths,
+            transcriber.decode_cfg,
+            transcriber.lexicon,
         )
     totals.wall += time.perf_counter() - start
     totals.encoder += out.seconds["encoder"]

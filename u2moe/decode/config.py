@@ -5,7 +5,13 @@ from typing import Literal
 
 from u2moe.config import ConfigError
 
-Mode = Literal["ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"]
+Mode = Literal[
+    "ctc_greedy_search",
+    "ctc_prefix_beam_search",
+    "ctc_lexicon_beam_search",
+    "attention",
+    "attention_rescoring",
+]
 MODES: tuple[str, ...] = Mode.__args__
 
 
@@ -31,6 +37,11 @@ class DecodeConfig:
     # attention_rescoring: ctc_weight * ctc + (1 - reverse_weight) * l2r + reverse_weight * r2l
     ctc_weight: float = 0.3
     reverse_weight: float = 0.5
+    # ctc_lexicon_beam_search: an LM directory from `u2moe lm`; each finished word adds
+    # lm_weight * log P(word | history) + word_score (decode/lexicon.py)
+    lm: str | None = None
+    lm_weight: float = 0.8
+    word_score: float = 1.0
     chunk_size: int = -1  # decoding chunk in encoder frames; -1: full context
     num_left_chunks: int = -1  # chunks of left context; -1: all of it
     # True: run the encoder chunk by chunk with caches (forward_chunk), one utterance at a
@@ -44,6 +55,11 @@ class DecodeConfig:
         checks = [
             (len(self.modes) > 0, "modes must name at least one decoding mode"),
             (len(set(self.modes)) == len(self.modes), f"modes repeats a mode: {self.modes}"),
+            (
+                self.lm is not None or "ctc_lexicon_beam_search" not in self.modes,
+                "ctc_lexicon_beam_search needs lm: a directory made by `u2moe lm`",
+            ),
+            (self.lm_weight >= 0.0, f"lm_weight must be >= 0, got {self.lm_weight}"),
             (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
             (0.0 <= self.ctc_weight, f"ctc_weight must be >= 0, got {self.ctc_weight}"),
             (

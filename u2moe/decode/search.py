@@ -249,7 +249,7 @@ def _encode(model, feats: torch.Tensor, feats_lengths: torch.Tensor, cfg: Decode
 
 @torch.no_grad()
 def decode_batch(
-    model, feats: torch.Tensor, feats_lengths: torch.Tensor, cfg: DecodeConfig
+    model, feats: torch.Tensor, feats_lengths: torch.Tensor, cfg: DecodeConfig, lexicon=None
 ) -> BatchDecoding:
     """Decode a batch in every mode of `cfg.modes`, sharing one encoder pass.
 
@@ -257,6 +257,7 @@ def decode_batch(
     utterance with a chunk mask of cfg.chunk_size frames and cfg.num_left_chunks chunks of
     left context (-1, -1: full context), which equals chunk-by-chunk streaming; with
     cfg.streaming the encoder really runs chunk by chunk with caches, one utterance at a time.
+    `lexicon` (a decode.lexicon.LexiconSearch) serves ctc_lexicon_beam_search.
     """
     start = time.perf_counter()
     enc, enc_lengths = _encode(model, feats, feats_lengths, cfg)
@@ -276,6 +277,10 @@ def decode_batch(
             hyps[mode] = attention_beam_search(model, enc, enc_lengths, cfg.beam_size)
         elif mode == "ctc_prefix_beam_search":
             hyps[mode] = [nbest[0] for nbest in nbests]
+        elif mode == "ctc_lexicon_beam_search":
+            if lexicon is None:
+                raise ValueError("ctc_lexicon_beam_search needs a LexiconSearch")
+            hyps[mode] = lexicon(ctc_log_probs, enc_lengths)
         elif mode == "attention_rescoring":
             hyps[mode] = attention_rescoring(
                 model, nbests, enc, enc_lengths, cfg.ctc_weight, cfg.reverse_weight
