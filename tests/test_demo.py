@@ -38,6 +38,14 @@ def test_demo_trains_decodes_and_reports_moe_and_dense(tmp_path):
     # A rerun finds every stage done and rebuilds the same table.
     again = run_demo(tmp_path / "demo", models, size)
     assert [r for r in again.splitlines() if r.startswith("| moe")] == rows[: len(rows) // 2]
+    # A stage done with another command (an older demo's modes) runs again; the rest not.
+    marker, train = (
+        tmp_path / "demo" / "stages" / f"{n}.done" for n in ("decode-moe-full", "train-moe")
+    )
+    new_command, train_before = marker.read_text().splitlines()[0], train.read_text()
+    marker.write_text(new_command.replace(",ctc_lexicon_beam_search", "") + "\n1.0 s\n")
+    run_demo(tmp_path / "demo", models, size)
+    assert marker.read_text().splitlines()[0] == new_command and train.read_text() == train_before
 
 
 def test_side_by_side_stages_mark_successes_and_name_failures(tmp_path):

@@ -14,8 +14,8 @@ as the recipe to copy:
   6. report   one table (WER, RTF, parameters total and active per model and mode) on
               stdout and in OUT/REPORT.md with the training plots
 
-A finished stage leaves a marker in OUT/stages/ and is skipped on a rerun; training that
-was interrupted resumes from its last checkpoint.
+A finished stage leaves a marker in OUT/stages/ and is skipped on a rerun with the same
+command; training that was interrupted resumes from its last checkpoint.
 """
 
 import json
@@ -169,13 +169,23 @@ def stages_side_by_side(out: Path, stages: dict[str, list]) -> None:
 
 
 def pending(out: Path, name: str, argv: list) -> str | None:
-    """The command line of a stage still to run (logged), or None if its marker exists."""
+    """The command line of a stage still to run (logged), or None if its marker holds the
+    same command (`--resume` aside): a stage whose command changed, say a decode with
+    other modes after an upgrade, runs again."""
     command = "u2moe " + shlex.join(str(a) for a in argv)
-    if (out / "stages" / f"{name}.done").exists():
-        log.info("[%s] done before, skipped: %s", name, command)
-        return None
+    marker = out / "stages" / f"{name}.done"
+    if marker.exists():
+        done = marker.read_text().splitlines()[0]
+        if _without_resume(done) == _without_resume(command):
+            log.info("[%s] done before, skipped: %s", name, command)
+            return None
+        log.info("[%s] done before with another command (%s), run again", name, done)
     log.info("[%s] %s", name, command)
     return command
+
+
+def _without_resume(command: str) -> list[str]:
+    return [a for a in shlex.split(command) if a != "--resume"]
 
 
 def finish(out: Path, name: str, command: str, start: float) -> None:
