@@ -1,5 +1,6 @@
 """The main job's plumbing, end to end on a tiny corpus with tiny models (about a minute)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,11 @@ def test_demo_trains_decodes_and_reports_moe_and_dense(tmp_path):
         "decode-moe-chunk16", "decode-moe-chunk16-int8", "decode-moe-full", "lm", "prepare",
         "train-dense", "train-moe",
     ]  # fmt: skip
-    # A rerun finds every stage done and rebuilds the same table.
+    # A rerun finds every stage done and rebuilds the same table and total time.
     again = run_demo(tmp_path / "demo", models, size)
     assert [r for r in again.splitlines() if r.startswith("| moe")] == rows[: len(rows) // 2]
+    total = re.compile(r"Total time [0-9.]+ min")
+    assert total.findall(again) == total.findall(report) != []
     # A stage done with another command (an older demo's modes) runs again; the rest not.
     marker, train = (
         tmp_path / "demo" / "stages" / f"{n}.done" for n in ("decode-moe-full", "train-moe")
