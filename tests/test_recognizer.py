@@ -7,6 +7,7 @@ import torch
 from u2moe.data.features import compute_fbank
 from u2moe.data.tokenizer import Tokenizer
 from u2moe.decode.config import DecodeConfig, EndpointConfig
+from u2moe.decode.lexicon import LexiconSearch, build_lm
 from u2moe.decode.recognizer import Recognizer
 from u2moe.decode.search import decode_batch
 from u2moe.errors import UserError
@@ -54,20 +55,42 @@ def random_pieces(samples, rng):
         start += size
 
 
-@pytest.mark.parametrize("chunk_size, left_chunks", [(4, -1), (3, 1), (-1, -1)])
-def test_pieces_of_any_size_give_the_whole_utterance_result(model, chunk_size, left_chunks):
+@pytest.fixture(scope="module")
+def lexicon(tmp_path_factory):
+    """A lexicon search over the words of a few sentences in UNITS, generous per word so
+    that even the untrained model's output holds some."""
+    out = tmp_path_factory.mktemp("lm")
+    build_lm(["ab cd", "e", "abc de e", "cd ab", "bad"], Tokenizer(UNITS), out)
+    return LexiconSearch(out, Tokenizer(UNITS), beam_size=4, word_score=5.0)
+
+
+@pytest.mark.parametrize(
+    "chunk_size, left_chunks, mode",
+    [
+        (4, -1, "attention_rescoring"),
+        (3, 1, "attention_rescoring"),
+        (-1, -1, "attention_rescoring"),
+        (4, -1, "ctc_lexicon_beam_search"),
+        (-1, -1, "ctc_lexicon_beam_search"),
+    ],
+)
+def test_pieces_of_any_size_give_the_whole_utterance_result(
+    model, lexicon, chunk_size, left_chunks, mode
+):
     samples = synthetic_speech()
     cfg = DecodeConfig(
-        modes=["ctc_prefix_beam_search", "attention_rescoring"],
+        modes=["ctc_prefix_beam_search", mode],
         beam_size=4,
         chunk_size=chunk_size,
         num_left_chunks=left_chunks,
         endpoint=NO_ENDPOINT,
+        lm="given as an object",
     )
     feats = compute_fbank(samples.astype(np.float32) / 32768)
-    whole = decode_batch(model, feats[None], torch.tensor([len(feats)]), cfg).hyps
+    whole = decode_batch(model, feats[None], torch.tensor([len(feats)]), cfg, lexicon).hyps
 
-    recognizer = Recognizer(model, Tokenizer(UNITS), cfg)
+    with_lexicon = lexicon if mode == "ctc_lexicon_beam_search" else None
+    recognizer = Recognizer(model, Tokenizer(UNITS), cfg, lexicon=with_lexicon)
     rng = np.random.default_rng(1)
     partials = []
     for piece in random_pieces(samples, rng):
@@ -82,7 +105,9 @@ def test_pieces_of_any_size_give_the_whole_utterance_result(model, chunk_size, l
     final = recognizer.finish()
 
     assert final.final and not any(p.final for p in partials)
-    assert final.tokens == whole["attention_rescoring"][0].tokens
+    assert final.tokens == whole[mode][0].tokens
+    if with_lexicon is not None:
+        assert final.text and set(final.text.split()) <= {"ab", "cd", "e", "abc", "de", "bad"}
     assert final.text == Tokenizer(UNITS).decode(final.tokens)
     if chunk_size > 0:  # one partial per full chunk; the last, shorter chunk ends the input
         window = (chunk_size - 1) * 4 + 7

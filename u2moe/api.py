@@ -152,9 +152,17 @@ class Transcriber:
 
     def recognizer(self, timestamps: bool = False) -> Recognizer:
         """A streaming Recognizer with this model's settings (chunk_size -1: decode at the
-        end of input only; give `load_model(..., chunk_size=16)` for partial results)."""
+        end of input only; give `load_model(..., chunk_size=16)` for partial results). It
+        searches the lexicon when the first mode is ctc_lexicon_beam_search, otherwise it
+        rescores the CTC prefix beam search with both decoders."""
+        lexicon = self.lexicon if self.decode_cfg.modes[0] == "ctc_lexicon_beam_search" else None
         return Recognizer(
-            self.model, self.tokenizer, self.decode_cfg, self.data_cfg.features, timestamps
+            self.model,
+            self.tokenizer,
+            self.decode_cfg,
+            self.data_cfg.features,
+            timestamps,
+            lexicon,
         )
 
 

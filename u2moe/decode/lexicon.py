@@ -25,6 +25,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from flashlight.lib.text.decoder import (
+    CriterionType,
+    LexiconDecoder,
+    LexiconDecoderOptions,
+    SmearingMode,
+    Trie,
+)
+from flashlight.lib.text.decoder.kenlm import KenLM
+from flashlight.lib.text.dictionary import Dictionary
 
 from u2moe.data.files import atomic_path, write_text_atomic
 from u2moe.data.tokenizer import WORD_BOUNDARY, Tokenizer, load_tokenizer, write_units
@@ -96,16 +105,6 @@ class LexiconSearch:
         lm_weight: float = 0.8,
         word_score: float = 1.0,
     ):
-        from flashlight.lib.text.decoder import (
-            CriterionType,
-            LexiconDecoder,
-            LexiconDecoderOptions,
-            SmearingMode,
-            Trie,
-        )
-        from flashlight.lib.text.decoder.kenlm import KenLM
-        from flashlight.lib.text.dictionary import Dictionary
-
         lm_dir = Path(lm_dir)
         for name in (LEXICON, ARPA, "units.txt"):
             if not (lm_dir / name).is_file():
@@ -136,12 +135,12 @@ class LexiconSearch:
         boundary = ids.get(WORD_BOUNDARY) if tokenizer.bpe is None else None
         self.separator = [] if boundary is None else [boundary]
         silence = blank if boundary is None else boundary
-        trie = Trie(tokenizer.vocab_size, silence)
+        self.trie = Trie(tokenizer.vocab_size, silence)
         start = self.lm.start(False)
         for index, spelling in enumerate(self.spellings):
-            trie.insert(spelling, index, self.lm.score(start, index)[1])
-        trie.smear(SmearingMode.MAX)
-        options = LexiconDecoderOptions(
+            self.trie.insert(spelling, index, self.lm.score(start, index)[1])
+        self.trie.smear(SmearingMode.MAX)
+        self.options = LexiconDecoderOptions(
             beam_size=beam_size,
             beam_size_token=tokenizer.vocab_size,
             beam_threshold=25.0,
@@ -152,26 +151,62 @@ class LexiconSearch:
             log_add=False,
             criterion_type=CriterionType.CTC,
         )
-        unk = self.words.get_index(UNK_WORD)
-        self.decoder = LexiconDecoder(options, trie, self.lm, silence, blank, unk, [], False)
+        self.silence, self.blank = silence, blank
+        self.unk = self.words.get_index(UNK_WORD)
+
+    def stream(self) -> "LexiconStream":
+        """A search over one utterance, fed frames as they come (its own decoder state)."""
+        decoder = LexiconDecoder(
+            self.options, self.trie, self.lm, self.silence, self.blank, self.unk, [], False
+        )
+        return LexiconStream(self, decoder)
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         """CTC log-probs (B, T, V) and lengths (B,) -> the best hypothesis per utterance
         (its tokens are the spellings of its words; score: acoustic + weighted LM)."""
-        log_probs = log_probs.detach().float().cpu()
         results = []
         for utterance, length in zip(log_probs, lengths.tolist(), strict=True):
-            frames = utterance[:length].contiguous()
-            best = self.decoder.decode(frames.data_ptr(), length, frames.size(1)) if length else []
-            if not best:
-                results.append(Hypothesis([], -math.inf))
-                continue
-            words = [self.spellings[w] for w in best[0].words if w >= 0]
-            tokens = [
-                t for i, word in enumerate(words) for t in (self.separator if i else []) + word
-            ]
-            results.append(Hypothesis(tokens, best[0].score))
+            search = self.stream()
+            search.advance(utterance[:length])
+            results.append(search.finish())
         return results
+
+    def hypothesis(self, result) -> Hypothesis:
+        """A flashlight DecodeResult -> its words' spellings (separated for characters)."""
+        words = [self.spellings[w] for w in result.words if w >= 0]
+        tokens = [t for i, word in enumerate(words) for t in (self.separator if i else []) + word]
+        return Hypothesis(tokens, result.score)
+
+
+class LexiconStream:
+    """One utterance of LexiconSearch, frame chunk by frame chunk: the same result as the
+    whole utterance at once, and a partial (the words finished so far) after each chunk."""
+
+    def __init__(self, search: LexiconSearch, decoder):
+        self.search, self.decoder = search, decoder
+        self.frames = 0
+        decoder.decode_begin()
+
+    def advance(self, log_probs: torch.Tensor) -> None:
+        """Feed the CTC log-probs (t, V) of the next frames."""
+        frames = log_probs.detach().float().cpu().contiguous()
+        if frames.size(0) > 0:
+            self.decoder.decode_step(frames.data_ptr(), frames.size(0), frames.size(1))
+            self.frames += frames.size(0)
+
+    def nbest(self) -> list[Hypothesis]:
+        """[the best hypothesis so far], the interface of CtcPrefixBeamSearch."""
+        if self.frames == 0:
+            return [Hypothesis([], 0.0)]
+        return [self.search.hypothesis(self.decoder.get_best_hypothesis())]
+
+    def finish(self) -> Hypothesis:
+        """End of the utterance: the best complete hypothesis (with the LM's end of sentence)."""
+        if self.frames == 0:
+            return Hypothesis([], -math.inf)
+        self.decoder.decode_end()
+        results = self.decoder.get_all_final_hypothesis()
+        return self.search.hypothesis(results[0]) if results else Hypothesis([], -math.inf)
 
 
 @contextlib.contextmanager

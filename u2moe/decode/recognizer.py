@@ -11,6 +11,8 @@ Per chunk the encoder runs `forward_chunk` with its attention and convolution ca
 layout), and the CTC prefix beam search advances over the chunk's frames, so the final
 result equals decoding the whole utterance with the same chunk size. An endpoint is a run
 of trailing frames whose CTC blank probability exceeds a threshold (config `endpoint`).
+With a lexicon search (`Recognizer(..., lexicon=...)`) the lexicon and word LM take the
+place of both passes.
 """
 
 from dataclasses import dataclass
@@ -56,6 +58,9 @@ class Recognizer:
 
     cfg.chunk_size > 0 decodes every chunk of that many encoder frames as it arrives;
     -1 (full context) decodes each utterance once, at the end of input, without partials.
+    With `lexicon` (a decode.lexicon.LexiconSearch) the search is ctc_lexicon_beam_search
+    instead: partials are the words finished so far, and the final result is that search's
+    (no rescoring), equal to `decode_batch` in that mode with the same chunk size.
     """
 
     def __init__(
@@ -65,12 +70,14 @@ class Recognizer:
         cfg: DecodeConfig | None = None,
         feature_cfg: FeatureConfig | None = None,
         timestamps: bool = False,
+        lexicon=None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.cfg = cfg or DecodeConfig()
         self.feature_cfg = feature_cfg or FeatureConfig()
         self.timestamps = timestamps
+        self.lexicon = lexicon
         encoder = model.encoder
         self.chunk_size, num_left_chunks = decoding_chunk(
             encoder.chunk_cfg, self.cfg.chunk_size, self.cfg.num_left_chunks
@@ -96,7 +103,10 @@ class Recognizer:
         self.offset = 0  # encoder frames decoded in this utterance
         self.att_cache = torch.zeros(0, 0, 0, 0, device=self.device)
         self.cnn_cache = torch.zeros(0, 0, 0, 0, device=self.device)
-        self.search = CtcPrefixBeamSearch(self.cfg.beam_size)
+        if self.lexicon is not None:
+            self.search = self.lexicon.stream()
+        else:
+            self.search = CtcPrefixBeamSearch(self.cfg.beam_size)
         self.enc_chunks: list[torch.Tensor] = []  # (1, t, d) each
         self.ctc_chunks: list[torch.Tensor] = []  # (t, V) each
         self.trailing_silence = 0  # encoder frames
@@ -193,16 +203,19 @@ class Recognizer:
         start, end = self._times()
         if self.offset == 0:
             return RecognitionResult("", [], True, start, end, [] if self.timestamps else None)
-        enc = torch.cat(self.enc_chunks, dim=1)
-        lengths = torch.tensor([enc.size(1)], device=self.device)
-        (best,) = attention_rescoring(
-            self.model,
-            [self.search.nbest()],
-            enc,
-            lengths,
-            self.cfg.ctc_weight,
-            self.cfg.reverse_weight,
-        )
+        if self.lexicon is not None:
+            best = self.search.finish()
+        else:
+            enc = torch.cat(self.enc_chunks, dim=1)
+            lengths = torch.tensor([enc.size(1)], device=self.device)
+            (best,) = attention_rescoring(
+                self.model,
+                [self.search.nbest()],
+                enc,
+                lengths,
+                self.cfg.ctc_weight,
+                self.cfg.reverse_weight,
+            )
         words = None
         if self.timestamps:
             spikes = ctc_spikes(torch.cat(self.ctc_chunks), best.tokens)
