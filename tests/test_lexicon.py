@@ -114,3 +114,18 @@ def test_building_needs_irstlm_and_some_text(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="irstlm not found"):
         build_lm(SENTENCES, tokenizer, tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_lm_command_names_a_missing_text_or_units(char_lm, tmp_path, capsys):
+    from u2moe.cli import main
+
+    _, lm_dir = char_lm  # holds units.txt: usable as --units
+    args = ["lm", "--units", str(lm_dir), "--out", str(tmp_path / "lm")]
+    assert main([*args, "--text", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: no such file or directory" in capsys.readouterr().err
+    (tmp_path / "text.txt").write_text("the cat sat\n\na cab\n")
+    assert main(["lm", "--units", str(tmp_path), "--text", str(tmp_path / "text.txt"),
+                 "--out", str(tmp_path / "lm")]) == 2  # fmt: skip
+    assert "units.txt" in capsys.readouterr().err
+    assert main([*args, "--text", str(tmp_path / "text.txt")]) == 0
+    assert "3-gram LM of 2 sentences, lexicon of 5 words" in capsys.readouterr().out

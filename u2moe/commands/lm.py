@@ -39,6 +39,7 @@ def sentences(path: Path):
 
 
 def main(args) -> int:
+    from u2moe.data.files import write_text_atomic
     from u2moe.data.tokenizer import load_tokenizer
     from u2moe.decode.lexicon import build_lm
 
@@ -46,14 +47,11 @@ def main(args) -> int:
     texts = (sentence for path in args.text for sentence in sentences(path))
     summary = build_lm(texts, tokenizer, args.out, args.order)
     summary["text"] = [str(p) for p in args.text]
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    dropped = summary["dropped"]
+    note = f"; {dropped} sentences with unspellable words left out" if dropped else ""
     print(
         f"{args.out}: {summary['order']}-gram LM of {summary['sentences']} sentences, "
-        f"lexicon of {summary['words']} words"
-        + (
-            f"; {summary['dropped']} sentences with unspellable words left out"
-            if summary["dropped"]
-            else ""
-        )
+        f"lexicon of {summary['words']} words{note}"
     )
     return 0
