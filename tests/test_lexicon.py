@@ -101,19 +101,24 @@ def test_a_broken_lm_directory_is_one_line_error(char_lm, tmp_path):
     with pytest.raises(UserError, match="not a readable ARPA file"):
         LexiconSearch(tmp_path, tokenizer)
     (tmp_path / "lm.arpa").write_bytes((lm_dir / "lm.arpa").read_bytes())
-    (tmp_path / "lexicon.txt").write_text("cat c a t\nzoo z o o\n")
-    with pytest.raises(UserError, match="lexicon.txt:2: expected a word and its known units"):
-        LexiconSearch(tmp_path, tokenizer)
+    for bad in ("zoo z o o", "", "cat"):
+        (tmp_path / "lexicon.txt").write_text(f"cat c a t\n{bad}\n")
+        with pytest.raises(UserError, match="lexicon.txt:2: expected a word and its known"):
+            LexiconSearch(tmp_path, tokenizer)
 
 
 def test_building_needs_irstlm_and_some_text(monkeypatch, tmp_path):
     tokenizer = Tokenizer(UNITS)
     with pytest.raises(UserError, match="no sentence to build"):
         build_lm(["", "zzz"], tokenizer, tmp_path)  # "z" is no unit: unspellable
+    # "doze" is unspellable, and its sentence leaves "cod" out of the lexicon too
+    summary = build_lm(["the cat", "doze cod"], tokenizer, tmp_path / "some")
+    assert (summary["words"], summary["dropped"]) == (2, 1)
+    assert (tmp_path / "some" / "lexicon.txt").read_text() == "the t h e\ncat c a t\n"
     monkeypatch.setattr(lexicon.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="irstlm not found"):
         build_lm(SENTENCES, tokenizer, tmp_path)
-    assert not any(tmp_path.iterdir())  # nothing half-written
+    assert not (tmp_path / "lm.arpa").exists()  # nothing half-written
 
 
 def test_lm_command_names_a_missing_text_or_units(char_lm, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """`u2moe demo`: the main job. Corpus, training of an MoE and a dense model, decoding, report.
 
-u2moe demo --out exp/demo            # the full demo: corpus ~3 min, then 4,000 steps per model (about an hour)
+u2moe demo --out exp/demo            # the full demo: corpus ~3 min, 4,000 steps per model
 u2moe demo --quick --out exp/quick   # a first look in a few minutes (WER stays high)
 """
 

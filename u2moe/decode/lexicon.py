@@ -49,8 +49,8 @@ SENTENCE_TAGS = ("<s>", "</s>")
 def build_lm(sentences: Iterable[str], tokenizer: Tokenizer, out: Path, order: int = 3) -> dict:
     """Write lexicon.txt, lm.arpa and the units to `out`; returns counts for a summary.
 
-    Words whose spelling would need the unknown unit are left out of the lexicon (they
-    cannot be spelled by the model), and so are sentences holding them out of the LM.
+    A sentence holding a word that the model's units cannot spell (it would need the
+    unknown unit) is left out; the lexicon is the words of the sentences kept, as the LM.
     """
     if order < 1:
         raise UserError(f"--order must be >= 1, got {order}")
@@ -70,7 +70,7 @@ def build_lm(sentences: Iterable[str], tokenizer: Tokenizer, out: Path, order: i
             kept.append(" ".join(words))
     if not kept:
         raise UserError("no sentence to build a language model from (all empty or unspellable)")
-    lexicon = {w: s for w, s in spellings.items() if tokenizer.unk_id not in s}
+    lexicon = {w: spellings[w] for sentence in kept for w in sentence.split()}
     lexicon.pop(UNK_WORD, None)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,13 +111,12 @@ class LexiconSearch:
                 raise UserError(f"{lm_dir}: no {name} (make the LM directory with `u2moe lm`)")
         if load_tokenizer(lm_dir).units != tokenizer.units:
             raise UserError(f"{lm_dir}: its lexicon spells words in other units than the model's")
-        self.tokenizer = tokenizer
         self.words = Dictionary()
         self.spellings: list[list[int]] = []
         ids = {unit: i for i, unit in enumerate(tokenizer.units)}
         path = lm_dir / LEXICON
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            word, *units = line.split()
+            word, *units = line.split() or [""]
             if not units or any(u not in ids for u in units):
                 raise UserError(f"{path}:{number}: expected a word and its known units: {line!r}")
             self.words.add_entry(word)
