@@ -57,11 +57,11 @@ def random_pieces(samples, rng):
 
 @pytest.fixture(scope="module")
 def lexicon(tmp_path_factory):
-    """A lexicon search over the words of a few sentences in UNITS, generous per word so
-    that even the untrained model's output holds some."""
+    """(LM directory, its search) for the words of a few sentences in UNITS, generous per
+    word so that even the untrained model's output holds some."""
     out = tmp_path_factory.mktemp("lm")
     build_lm(["ab cd", "e", "abc de e", "cd ab", "bad"], Tokenizer(UNITS), out)
-    return LexiconSearch(out, Tokenizer(UNITS), beam_size=4, word_score=5.0)
+    return str(out), LexiconSearch(out, Tokenizer(UNITS), beam_size=4, word_score=5.0)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,7 @@ def lexicon(tmp_path_factory):
 def test_pieces_of_any_size_give_the_whole_utterance_result(
     model, lexicon, chunk_size, left_chunks, mode
 ):
+    lm_dir, lexicon = lexicon
     samples = synthetic_speech()
     cfg = DecodeConfig(
         modes=["ctc_prefix_beam_search", mode],
@@ -84,7 +85,7 @@ def test_pieces_of_any_size_give_the_whole_utterance_result(
         chunk_size=chunk_size,
         num_left_chunks=left_chunks,
         endpoint=NO_ENDPOINT,
-        lm="given as an object",
+        lm=lm_dir,
     )
     feats = compute_fbank(samples.astype(np.float32) / 32768)
     whole = decode_batch(model, feats[None], torch.tensor([len(feats)]), cfg, lexicon).hyps
