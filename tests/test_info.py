@@ -70,3 +70,20 @@ def test_missing_config_file(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nope.yaml" in err and len(err.strip().splitlines()) == 1
+
+
+def test_top_k_changes_the_active_count_only(capsys):
+    top2 = info(capsys, CONFIGS / "moe_1b.yaml")
+    top1 = info(capsys, CONFIGS / "moe_1b.yaml", "--top-k", 1)
+    assert top1["total"] == top2["total"]
+    assert top1["ffn"]["encoder"]["top_k"] == 1
+    parts1 = {p["name"]: p["active"] for p in top1["parts"]}
+    parts2 = {p["name"]: p["active"] for p in top2["parts"]}
+    assert parts1["encoder attention"] == parts2["encoder attention"]
+    assert parts1["encoder FFN"] < parts2["encoder FFN"]
+    for argv, message in [
+        ([CONFIGS / "moe_1b.yaml", "--top-k", 9], "--top-k 9 must be in [1, encoder experts 8]"),
+        ([CONFIGS / "dense_225m.yaml", "--top-k", 1], "needs a MoE model"),
+    ]:
+        assert main(["info", *map(str, argv)]) == 2
+        assert message in capsys.readouterr().err

@@ -14,6 +14,7 @@ from u2moe.errors import UserError
 COMMANDS = {
     "info": ("u2moe.commands.info", "parameter counts of a config (total, active per frame)"),
     "import-wenet": ("u2moe.commands.wenet", "turn a WeNet U2++ checkpoint into a u2moe model"),
+    "upcycle": ("u2moe.commands.upcycle", "turn a dense model into a MoE one (experts = copies)"),
     "verify-wenet": ("u2moe.commands.verify_wenet", "check u2moe against a WeNet fixture"),
     "corpus": ("u2moe.commands.corpus", "synthesize the built-in English corpus"),
     "prepare": ("u2moe.commands.prepare", "manifests, CMVN and tokenizer from a corpus"),

@@ -5,14 +5,20 @@ with the vocabulary from units.txt when the config leaves vocab_size unset). The
 is built on the meta device, so a 1B-parameter config costs no memory.
 """
 
+import dataclasses
 import json
 from pathlib import Path
+
+from u2moe.commands.args import positive_int
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="config YAML or model directory")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size, when the config has none")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.add_argument(
+        "--top-k", type=positive_int, help="count with this many experts per frame (MoE only)"
+    )
 
 
 def main(args) -> int:
@@ -32,6 +38,8 @@ def main(args) -> int:
         cfg.vocab_size = sum(1 for line in units.open() if line.strip())
     if cfg.vocab_size is None or cfg.vocab_size < 3:
         raise ConfigError(f"{path}: model.vocab_size is not set (>= 3); pass --vocab-size N")
+    if args.top_k is not None:
+        cfg = with_top_k(cfg, args.top_k)
     parts = count_config(cfg)
     total = sum(p.total for p in parts)
     active = sum(p.active for p in parts)
@@ -73,6 +81,26 @@ def main(args) -> int:
         "full) plus, per MoE layer, the router and top-k experts"
     )
     return 0
+
+
+def with_top_k(cfg, top_k: int):
+    """cfg with top_k experts per frame in every MoE FFN; a UserError for a dense model or
+    a k outside [1, n_experts]."""
+    from u2moe.errors import UserError
+
+    changes = {}
+    for side in ("encoder", "decoder"):
+        ffn = getattr(cfg, side).ffn
+        if ffn.type != "moe":
+            continue
+        if not 1 <= top_k <= ffn.n_experts:
+            raise UserError(f"--top-k {top_k} must be in [1, {side} experts {ffn.n_experts}]")
+        changes[side] = dataclasses.replace(
+            getattr(cfg, side), ffn=dataclasses.replace(ffn, top_k=top_k)
+        )
+    if not changes:
+        raise UserError("--top-k needs a MoE model; this one is dense")
+    return dataclasses.replace(cfg, **changes)
 
 
 def _millions(n: int) -> str:
