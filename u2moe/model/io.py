@@ -82,6 +82,11 @@ def torch_load(path: str | Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if reason.startswith("Weights only load failed"):  # torch's advice is not for users
+            objects = "Unsupported global" in str(e)
+            reason = (
+                "it holds Python objects, not only tensors" if objects else "not torch.save output"
+            )
         raise UserError(f"{path}: corrupt or unreadable {what} ({reason})") from None
 
 
