@@ -8,10 +8,14 @@ is built on the meta device, so a 1B-parameter config costs no memory.
 import json
 from pathlib import Path
 
+from u2moe.commands.arguments import positive_int
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="config YAML or model directory")
-    parser.add_argument("--vocab-size", type=int, help="vocabulary size, when the config has none")
+    parser.add_argument(
+        "--vocab-size", type=positive_int, help="vocabulary size, when the config has none"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
 
 

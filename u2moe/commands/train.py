@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from u2moe.commands.arguments import output_dir, positive_int
 from u2moe.config import load_yaml
 
 
@@ -15,13 +16,15 @@ def add_arguments(parser) -> None:
         help="prepared data directory (u2moe prepare) with units.txt, global_cmvn and "
         "bpe.model if BPE (default: the directory of --train)",
     )
-    parser.add_argument("--exp", required=True, type=Path, help="experiment directory to write")
+    parser.add_argument(
+        "--exp", required=True, type=output_dir, help="experiment directory to write"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --exp"
     )
     parser.add_argument(
         "--max-steps",
-        type=int,
+        type=positive_int,
         help="stop after this many optimizer steps in total (overrides train.max_steps)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -182,7 +182,6 @@ def _check_set(
             entry.duration, stats = result
             if stats is not None:
                 cmvn.merge(stats)
-            entry.text = " ".join(entry.text.split())
             yield entry
     bar.close()
 
