@@ -9,7 +9,7 @@ import logging
 import os
 
 from u2moe.commands.arguments import non_negative_int, output_dir, positive_int
-from u2moe.config import load_yaml, parse_section
+from u2moe.config import load_config, parse_section
 from u2moe.data.config import DataConfig
 from u2moe.data.prepare import prepare
 
@@ -45,7 +45,7 @@ def add_arguments(parser):
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    raw = load_yaml(args.config).get("data") if args.config else None
+    raw = load_config(args.config).get("data") if args.config else None
     where = f"{args.config}: data" if args.config else "data"
     overrides = {}
     if args.tokenizer:

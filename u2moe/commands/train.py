@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from u2moe.commands.arguments import output_dir, positive_int
-from u2moe.config import load_yaml
+from u2moe.config import load_config
 
 
 def add_arguments(parser) -> None:
@@ -38,7 +38,7 @@ def main(args) -> int:
         raise UserError("give --train (and --dev) manifests, or --data, a prepared directory")
     data_dir = args.data or args.train.parent
     train(
-        load_yaml(args.config),
+        load_config(args.config),
         train_manifest=args.train or data_dir / "train.jsonl",
         dev_manifest=args.dev or data_dir / "dev.jsonl",
         data_dir=data_dir,
