@@ -3,7 +3,8 @@
 #
 # The built-in corpus (recipes/README.md) needs text-to-speech engines and text packages,
 # some of them in Debian's contrib and non-free sections, which a stock install leaves off:
-# when one of those is missing, a deb822 source for contrib/non-free is added first.
+# when one of those is missing, contrib and non-free are added for the Debian archives the
+# machine's apt sources already use (same mirrors and suites; no host is named here).
 set -euo pipefail
 
 base=(sox libsndfile1 irstlm)  # irstlm: word n-gram LMs for `u2moe lm`
@@ -27,6 +28,25 @@ missing() {
   done
 }
 
+# deb822 stanzas adding contrib and non-free to every Debian archive (URI and suites) that
+# the apt sources use for main, as the downloaded Release files name them.
+contrib_non_free_sources() {
+  local archives uri suites
+  mapfile -t archives < <(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' \
+    'Origin: Debian' 'Component: main' 'Created-By: Packages' | sort -u)
+  [ ${#archives[@]} -gt 0 ] || return 1
+  for uri in $(printf '%s\n' "${archives[@]}" | cut -d' ' -f1 | sort -u); do
+    suites=$(printf '%s\n' "${archives[@]}" | awk -v u="$uri" '$1 == u {print $2}' | xargs)
+    printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: contrib non-free\n' "$uri" "$suites"
+    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n'
+  done
+}
+
+if [ "${1:-}" = "--print-sources" ]; then  # show what would be added, change nothing
+  contrib_non_free_sources
+  exit
+fi
+
 mapfile -t need < <(missing "${base[@]}" "${corpus_main[@]}" "${corpus_contrib_non_free[@]}")
 [ ${#need[@]} -eq 0 ] && exit 0
 
@@ -36,15 +56,13 @@ SUDO=""
 mapfile -t need_extra < <(missing "${corpus_contrib_non_free[@]}")
 sources=/etc/apt/sources.list.d/u2moe-contrib-non-free.sources
 if [ ${#need_extra[@]} -gt 0 ] && [ ! -e "$sources" ]; then
-  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-  echo "adding Debian contrib and non-free ($codename) as $sources"
-  $SUDO tee "$sources" >/dev/null <<EOF
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: $codename $codename-updates
-Components: contrib non-free
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+  $SUDO apt-get update -qq  # the Release files tell which configured archives are Debian's
+  if ! stanzas=$(contrib_non_free_sources); then
+    echo "no Debian archive in the apt sources: add contrib and non-free for ${need_extra[*]}" >&2
+    exit 1
+  fi
+  echo "adding contrib and non-free to the apt sources' Debian archives as $sources"
+  $SUDO tee "$sources" >/dev/null <<<"$stanzas"
 fi
 
 echo "installing Debian packages: ${need[*]}"

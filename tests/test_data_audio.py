@@ -1,10 +1,13 @@
 """Audio input: formats, resampling, stereo mixdown, segments, pipes, and broken files."""
 
+import io
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from u2moe.data.audio import AudioError, load_audio
+from u2moe.data.audio import AudioError, check_finite, load_audio, source_name
 from u2moe.data.augment import speed_perturb
 
 
@@ -82,3 +85,63 @@ def test_speed_perturb_changes_length_and_pitch():
     assert abs(len(fast) - 16000 / 1.1) <= 1 and abs(len(slow) - 16000 / 0.9) <= 1
     assert peak_hz(fast) == pytest.approx(550, abs=3) and peak_hz(slow) == pytest.approx(450, abs=3)
     assert speed_perturb(wave, 1.0) is wave
+
+
+def test_non_finite_samples_are_an_error_naming_the_file(tmp_path):
+    for bad in (np.nan, np.inf):
+        wave = tone(16000, 0.5)
+        wave[100] = bad
+        sf.write(tmp_path / "bad.wav", wave, 16000, subtype="FLOAT")
+        with pytest.raises(AudioError, match="bad.wav: non-finite samples") as error:
+            load_audio(tmp_path / "bad.wav")
+        assert error.value.reason == "non-finite samples"
+    with pytest.raises(AudioError, match="mic: non-finite samples"):
+        check_finite(np.array([0.1, np.nan], np.float32), "mic")
+
+
+def test_int16_stored_as_float_is_warned_about(tmp_path, caplog):
+    sf.write(tmp_path / "loud.wav", tone(16000, 0.5) * 32768, 16000, subtype="FLOAT")
+    with caplog.at_level("WARNING"):
+        load_audio(tmp_path / "loud.wav")
+    assert "loud.wav" in caplog.text and "int16 values stored as float" in caplog.text
+    caplog.clear()
+    sf.write(tmp_path / "fine.wav", tone(16000, 0.5) * 1.5, 16000, subtype="FLOAT")
+    with caplog.at_level("WARNING"):
+        load_audio(tmp_path / "fine.wav")
+    assert caplog.text == ""
+
+
+def test_segments_outside_the_audio_are_errors(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(16000, 2.0), 16000, subtype="PCM_16")
+    pipe = f"cat {tmp_path / 'a.wav'} |"
+    for source in (tmp_path / "a.wav", pipe):
+        assert len(load_audio(source, 1.0, 2.005)) == 16000  # rounding past the end is the end
+        for start, end, reason in [
+            (1.0, 2.5, "segment outside the audio"),
+            (2.5, None, "segment outside the audio"),
+            (-0.5, 1.0, "invalid segment"),
+            (1.5, 1.0, "invalid segment"),
+            (1.0, 1.0, "invalid segment"),
+        ]:
+            with pytest.raises(AudioError) as error:
+                load_audio(source, start, end)
+            assert error.value.reason == reason, (source, start, end)
+
+
+def test_directories_fifos_and_file_objects_are_named_for_what_they_are(tmp_path):
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(AudioError, match="folder: not an audio file \\(a directory\\)"):
+        load_audio(tmp_path / "folder")
+    with pytest.raises(AudioError, match="pipe: not an audio file \\(a FIFO\\)"):
+        load_audio(tmp_path / "pipe")
+    sf.write(tmp_path / "a.wav", tone(16000, 0.5), 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(
+        load_audio(io.BytesIO((tmp_path / "a.wav").read_bytes())), load_audio(tmp_path / "a.wav")
+    )
+    with pytest.raises(AudioError) as error:
+        load_audio(io.BytesIO(b"not audio"))
+    assert str(error.value).startswith("<BytesIO>: unreadable audio")
+    assert source_name(io.BytesIO()) == "<BytesIO>"
+    with (tmp_path / "a.wav").open("rb") as f:
+        assert source_name(f) == str(tmp_path / "a.wav")

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from u2moe.data.manifest import BadEntry, Manifest, read_manifest
+from u2moe.data.manifest import BadEntry, Manifest, check_unique_keys, read_manifest
 from u2moe.data.skips import SkipStats
 from u2moe.errors import UserError
 
@@ -120,3 +120,47 @@ def test_random_access_and_pickling(tmp_path):
     assert len(manifest) == 5 and manifest[3].key == "k3"
     copy = pickle.loads(pickle.dumps(manifest))
     assert [copy[i].key for i in (4, 0)] == ["k4", "k0"]
+
+
+def test_wrong_types_segments_and_spaces_are_named(tmp_path):
+    write_lines(
+        tmp_path / "m.jsonl",
+        [
+            {"key": "num", "audio": "a.wav", "text": 12345},
+            {"key": 7, "audio": "a.wav", "text": "x"},
+            {"key": "noaudio", "audio": "", "text": "x"},
+            {"key": "neg", "wav": "a.wav", "txt": "x", "start": -1.0, "end": 2.0},
+            {"key": "backwards", "wav": "a.wav", "txt": "x", "start": 3.0, "end": 2.0},
+            {"key": "spaces", "audio": "a.wav", "text": "  two   words \t"},
+        ],
+    )
+    entries = list(Manifest(tmp_path / "m.jsonl"))
+    assert [(e.key, e.reason) for e in entries[:5]] == [
+        ("num", "field 'text' is not a string"),
+        ("m.jsonl:2", "field 'key' is not a string"),
+        ("noaudio", "field 'audio' is empty"),
+        ("neg", "invalid segment"),
+        ("backwards", "invalid segment"),
+    ]
+    assert entries[5].text == "two words"
+
+
+def test_kaldi_segments_outside_the_recording_and_spaces(tmp_path):
+    (tmp_path / "wav.scp").write_text("rec a.wav\n")
+    (tmp_path / "text").write_text("s1 hello   world\ns2 x\ns3 y\n")
+    (tmp_path / "segments").write_text("s1 rec 0.0 1.0\ns2 rec -0.5 1.0\ns3 rec 2.0 1.5\n")
+    entries = list(Manifest(tmp_path))
+    assert entries[0].text == "hello world"
+    assert [(e.key, e.reason) for e in entries[1:]] == [
+        ("s2", "invalid segment"),
+        ("s3", "invalid segment"),
+    ]
+
+
+def test_duplicated_keys_are_refused_by_name(tmp_path):
+    lines = [{"key": k, "audio": "a.wav", "text": "x"} for k in ["a", "b", "a", "c", "b"]]
+    write_lines(tmp_path / "m.jsonl", lines)
+    with pytest.raises(UserError, match="m.jsonl: duplicated keys a, b;"):
+        check_unique_keys(Manifest(tmp_path / "m.jsonl"))
+    write_lines(tmp_path / "ok.jsonl", lines[:2])
+    check_unique_keys(Manifest(tmp_path / "ok.jsonl"))

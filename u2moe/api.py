@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from u2moe.config import parse_section
-from u2moe.data.audio import MIN_SAMPLE_RATE, SAMPLE_RATE, AudioError, load_audio, resample
+from u2moe.data.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    check_sample_rate,
+    load_audio,
+    resample,
+    source_name,
+)
 from u2moe.data.config import DataConfig
 from u2moe.data.features import compute_fbank
 from u2moe.data.tokenizer import Tokenizer, load_tokenizer
@@ -84,14 +91,13 @@ class Transcriber:
         """Fbank (T, 80) of a file (or its part from `start` to `end` seconds) or of samples
         (int16, or float in [-1, 1], at `sample_rate`). AudioError (a UserError) naming
         the file for unreadable, empty, silent or too short audio, or an unusable rate."""
-        if isinstance(audio, str | Path):
-            name = name or str(audio)
+        if isinstance(audio, str | Path) or hasattr(audio, "read"):  # a path or a file object
+            name = name or source_name(audio)
             samples = load_audio(audio, start, end)
         else:
             name = name or "audio"
             samples = float_samples(audio, name)
-            if sample_rate < MIN_SAMPLE_RATE:
-                raise AudioError(name, "unsupported sample rate", f"{sample_rate} Hz; need 8 kHz+")
+            check_sample_rate(name, sample_rate)
             samples = resample(samples, sample_rate, SAMPLE_RATE)
         if samples.size == 0:
             raise AudioError(name, "empty audio")
@@ -171,6 +177,8 @@ def load_model(model_dir: str | Path, device: str = "cpu", **decode_options) -> 
 
     decode_options override fields of the directory's `decode:` section (DecodeConfig).
     """
+    if not isinstance(model_dir, str | Path):
+        raise UserError(f"load_model: expected a model directory path, got {model_dir!r}")
     model_dir = Path(model_dir)
     model, config, _ = load_model_dir(model_dir)
     where = f"{model_dir / CONFIG}"

@@ -3,10 +3,15 @@
 A config file has top-level sections (`model`, `data`, `train`, `decode`); each
 subsystem parses its own with `parse_section`, so a typo such as `d_modle` is reported
 as `config.yaml: model.encoder: unknown key 'd_modle' (known: ...)` instead of being
-silently ignored.
+silently ignored. A numeric field declares its allowed values with `bounded(default,
+ge=..., le=...)`; `parse_section` checks them as it reads, naming the field:
+`config.yaml: model.encoder.dropout must be in [0, 1], got 1.5`. Checks that relate
+several fields stay in the dataclass's `__post_init__`. `load_config` reads a whole
+config file and checks every section it holds.
 """
 
 import dataclasses
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -21,6 +26,70 @@ T = TypeVar("T")
 
 class ConfigError(UserError):
     """A malformed or inconsistent config."""
+
+
+# section -> "module:class" of its dataclass (imported when a config is checked)
+SECTIONS = {
+    "model": "u2moe.model.config:ModelConfig",
+    "data": "u2moe.data.config:DataConfig",
+    "train": "u2moe.train.config:TrainConfig",
+    "decode": "u2moe.decode.config:DecodeConfig",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a numeric field: low..high (either may be open or absent),
+    or one of `also` (special values such as -1 for "all")."""
+
+    low: float | None = None
+    low_closed: bool = True
+    high: float | None = None
+    high_closed: bool = True
+    also: tuple = ()
+
+    def __contains__(self, value) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and not (
+            value >= self.low if self.low_closed else value > self.low
+        ):
+            return False
+        return self.high is None or (value <= self.high if self.high_closed else value < self.high)
+
+    def __str__(self) -> str:
+        low, high = _num(self.low), _num(self.high)
+        if self.low is not None and self.high is not None:
+            left, right = "[("[not self.low_closed], "])"[not self.high_closed]
+            text = f"in {left}{low}, {high}{right}"
+        elif self.low is not None:
+            text = f"{'>=' if self.low_closed else '>'} {low}"
+        else:
+            text = f"{'<=' if self.high_closed else '<'} {high}"
+        return " or ".join([*map(_num, self.also), text])
+
+
+def bounded(default, *, ge=None, gt=None, le=None, lt=None, also: tuple = ()) -> Any:
+    """A dataclass field whose value `parse_section` checks: `bounded(0.1, ge=0, le=1)` is
+    [0, 1], `bounded(10, gt=0)` is > 0, `bounded(-1, ge=1, also=(-1,))` is -1 or >= 1."""
+    low, high = (ge, True) if gt is None else (gt, False), (le, True) if lt is None else (lt, False)
+    bounds = Bounds(low[0], low[1], high[0], high[1], also)
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def _num(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A config file's sections, each checked (unknown sections, keys, types and ranges)."""
+    config = load_yaml(path)
+    for name, value in config.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section '{name}' (known: {', '.join(SECTIONS)})")
+        module, cls = SECTIONS[name].split(":")
+        parse_section(getattr(importlib.import_module(module), cls), value, f"{path}: {name}")
+    return config
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -52,7 +121,8 @@ def parse_section(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
 
     `where` names the place for error messages, e.g. "small.yaml: model.encoder".
     Missing keys take the dataclass defaults; unknown keys and wrong types raise
-    ConfigError. Ints are accepted where floats are expected.
+    ConfigError, as do values outside a field's `bounded` range. Ints are accepted where
+    floats are expected.
     """
     if data is None:
         data = {}
@@ -68,6 +138,9 @@ def parse_section(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     values = {}
     for name, value in data.items():
         values[name] = _convert(hints[name], value, f"{where}.{name}")
+        bounds = fields[name].metadata.get("bounds")
+        if bounds is not None and values[name] is not None and values[name] not in bounds:
+            raise ConfigError(f"{where}.{name} must be {bounds}, got {value!r}")
     try:
         return cls(**values)
     except (TypeError, ValueError, ConfigError) as e:

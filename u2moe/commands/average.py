@@ -2,18 +2,19 @@
 
 from pathlib import Path
 
+from u2moe.commands.arguments import positive_int
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--exp", required=True, type=Path, help="experiment directory")
-    parser.add_argument("--num", type=int, default=10, help="how many of the best to average")
+    parser.add_argument(
+        "--num", type=positive_int, default=10, help="how many of the best to average"
+    )
 
 
 def main(args) -> int:
-    from u2moe.errors import UserError
     from u2moe.train.average import average_best
 
-    if args.num < 1:
-        raise UserError(f"--num must be >= 1, got {args.num}")
     used = average_best(args.exp, args.num)
     print(f"{args.exp / 'model.pt'}: average of {', '.join(p.name for p in used)}")
     return 0

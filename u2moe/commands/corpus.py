@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from u2moe.commands.arguments import non_negative_int, output_dir, positive_float, positive_int
 from u2moe.corpus.recipe import DEFAULT_SIZES, TINY_ENGINES, TINY_SIZES, Sizes, build_corpus
 from u2moe.corpus.voices import CATALOGUE, ENGINES, LICENCES, is_available
 from u2moe.errors import UserError
@@ -16,18 +17,24 @@ MAX_FAILED_FRACTION = 0.01
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", help="output directory (required unless --list-voices)")
+    parser.add_argument(
+        "--out", type=output_dir, help="output directory (required unless --list-voices)"
+    )
     parser.add_argument(
         "--hours",
-        type=float,
+        type=positive_float,
         help=f"hours of training audio (default {DEFAULT_SIZES.train_hours}; tiny "
         f"{TINY_SIZES.train_hours})",
     )
     parser.add_argument(
-        "--dev-utts", type=int, help=f"dev utterances (default {DEFAULT_SIZES.dev_utts})"
+        "--dev-utts",
+        type=non_negative_int,
+        help=f"dev utterances (default {DEFAULT_SIZES.dev_utts})",
     )
     parser.add_argument(
-        "--test-utts", type=int, help=f"test utterances (default {DEFAULT_SIZES.test_utts})"
+        "--test-utts",
+        type=non_negative_int,
+        help=f"test utterances (default {DEFAULT_SIZES.test_utts})",
     )
     parser.add_argument(
         "--vocabulary",
@@ -46,7 +53,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the plan (default 0)")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="synthesis processes (default: all cores)",
     )
@@ -87,10 +94,6 @@ def main(args) -> int:
         if args.vocabulary is None
         else parse_vocabulary(args.vocabulary),
     )
-    if sizes.train_hours <= 0 or sizes.dev_utts < 0 or sizes.test_utts < 0:
-        raise UserError("--hours must be positive and --dev-utts/--test-utts not negative")
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1")
     engines = TINY_ENGINES if args.tiny else ENGINES
     if args.engines:
         engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())

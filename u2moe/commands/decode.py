@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from u2moe.api import Transcriber, load_model
+from u2moe.commands.arguments import output_dir, positive_int
 from u2moe.data.files import write_text_atomic
-from u2moe.data.manifest import BadEntry, Manifest
+from u2moe.data.manifest import BadEntry, Manifest, check_unique_keys
 from u2moe.decode.config import MODES
 from u2moe.decode.scoring import ErrorCounts, char_errors, normalize_whitespace, word_errors
 from u2moe.decode.search import decode_batch
@@ -39,15 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", required=True, help="JSON-lines manifest, WeNet data.list or Kaldi data dir"
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, type=output_dir, help="output directory")
     parser.add_argument(
         "--mode",
         help=f"comma-separated decoding modes ({', '.join(MODES)}); "
         "default: the model's decode section",
     )
-    parser.add_argument("--batch-size", type=int, help="utterances per batch")
+    parser.add_argument("--batch-size", type=positive_int, help="utterances per batch")
     add_search_arguments(parser)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="CPU threads for torch (default: torch's)"
+    )
     parser.add_argument(
         "--cpu-weights",
         choices=["float32", "int8"],
@@ -60,7 +63,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with `u2moe transcribe`; each overrides the model's decode section."""
     parser.add_argument("--chunk-size", type=int, help="decoding chunk in encoder frames; -1: full")
     parser.add_argument("--left-chunks", type=int, help="chunks of left context; -1: all")
-    parser.add_argument("--beam-size", type=int)
+    parser.add_argument("--beam-size", type=positive_int)
     parser.add_argument("--ctc-weight", type=float, help="CTC weight in attention rescoring")
     parser.add_argument("--reverse-weight", type=float, help="right-to-left decoder weight")
     parser.add_argument("--lm", help="LM directory from `u2moe lm` (ctc_lexicon_beam_search)")
@@ -139,6 +142,7 @@ def main(args: argparse.Namespace) -> int:
         pack_for_cpu(transcriber.model, args.cpu_weights)
     cfg = transcriber.decode_cfg
     manifest = Manifest(args.data)
+    check_unique_keys(manifest)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

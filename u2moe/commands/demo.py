@@ -7,9 +7,11 @@ u2moe demo --quick --out exp/quick   # a first look in a few minutes (WER stays 
 import logging
 from pathlib import Path
 
+from u2moe.commands.arguments import output_dir
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("exp/demo"), help="output directory")
+    parser.add_argument("--out", type=output_dir, default=Path("exp/demo"), help="output directory")
     parser.add_argument("--quick", action="store_true", help="tiny corpus, few steps")
     parser.add_argument("--moe-config", type=Path, default=Path("configs/small.yaml"))
     parser.add_argument("--dense-config", type=Path, default=Path("configs/small_dense.yaml"))

@@ -9,12 +9,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from u2moe.commands.args import positive_int
+from u2moe.commands.arguments import positive_int
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="config YAML or model directory")
-    parser.add_argument("--vocab-size", type=int, help="vocabulary size, when the config has none")
+    parser.add_argument(
+        "--vocab-size", type=positive_int, help="vocabulary size, when the config has none"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     parser.add_argument(
         "--top-k", type=positive_int, help="count with this many experts per frame (MoE only)"

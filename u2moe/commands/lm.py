@@ -13,6 +13,7 @@ output no other word. Use training text only, never the test set's.
 import json
 from pathlib import Path
 
+from u2moe.commands.arguments import output_dir, positive_int
 from u2moe.errors import UserError
 
 
@@ -21,8 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--text", required=True, action="append", type=Path, help="manifest or .txt (repeat)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="LM directory to write")
-    parser.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    parser.add_argument("--out", required=True, type=output_dir, help="LM directory to write")
+    parser.add_argument("--order", type=positive_int, default=3, help="n-gram order (default 3)")
 
 
 def sentences(path: Path):

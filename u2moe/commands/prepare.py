@@ -8,7 +8,8 @@ OUT/summary.json (utterances, hours and problems per set).
 import logging
 import os
 
-from u2moe.config import load_yaml, parse_section
+from u2moe.commands.arguments import non_negative_int, output_dir, positive_int
+from u2moe.config import load_config, parse_section
 from u2moe.data.config import DataConfig
 from u2moe.data.prepare import prepare
 
@@ -19,27 +20,32 @@ def add_arguments(parser):
     parser.add_argument("--train", required=True, help="training set (manifest or Kaldi dir)")
     parser.add_argument("--dev", required=True, help="development set")
     parser.add_argument("--test", action="append", default=[], help="test set (repeat for several)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, type=output_dir, help="output directory")
     parser.add_argument(
         "--config", help="a YAML config: its data section sets features and tokenizer options"
     )
     parser.add_argument("--tokenizer", choices=["char", "bpe"], help="units (default: char)")
-    parser.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary size for bpe")
+    parser.add_argument(
+        "--vocab-size", type=positive_int, help="sentencepiece vocabulary size for bpe"
+    )
     parser.add_argument(
         "--cmvn-utterances",
-        type=int,
+        type=non_negative_int,
         default=20000,
         help="random training utterances for CMVN statistics, 0 for all (default 20000)",
     )
     parser.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
+        "--jobs",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="processes (default: all cores)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the CMVN sample")
 
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    raw = load_yaml(args.config).get("data") if args.config else None
+    raw = load_config(args.config).get("data") if args.config else None
     where = f"{args.config}: data" if args.config else "data"
     overrides = {}
     if args.tokenizer:
@@ -56,7 +62,7 @@ def main(args) -> int:
         args.out,
         cfg,
         cmvn_utterances=args.cmvn_utterances,
-        jobs=max(1, args.jobs),
+        jobs=args.jobs,
         seed=args.seed,
     )
     for report in reports.values():

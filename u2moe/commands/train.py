@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from u2moe.config import load_yaml
+from u2moe.commands.arguments import output_dir, positive_int
+from u2moe.config import load_config
 
 
 def add_arguments(parser) -> None:
@@ -15,13 +16,15 @@ def add_arguments(parser) -> None:
         help="prepared data directory (u2moe prepare) with units.txt, global_cmvn and "
         "bpe.model if BPE (default: the directory of --train)",
     )
-    parser.add_argument("--exp", required=True, type=Path, help="experiment directory to write")
+    parser.add_argument(
+        "--exp", required=True, type=output_dir, help="experiment directory to write"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --exp"
     )
     parser.add_argument(
         "--max-steps",
-        type=int,
+        type=positive_int,
         help="stop after this many optimizer steps in total (overrides train.max_steps)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -35,7 +38,7 @@ def main(args) -> int:
         raise UserError("give --train (and --dev) manifests, or --data, a prepared directory")
     data_dir = args.data or args.train.parent
     train(
-        load_yaml(args.config),
+        load_config(args.config),
         train_manifest=args.train or data_dir / "train.jsonl",
         dev_manifest=args.dev or data_dir / "dev.jsonl",
         data_dir=data_dir,

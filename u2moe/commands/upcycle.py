@@ -12,7 +12,7 @@ one made by `u2moe import-wenet` included.
 import argparse
 from pathlib import Path
 
-from u2moe.commands.args import positive_int
+from u2moe.commands.arguments import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from u2moe.commands.arguments import output_dir
 from u2moe.config import load_yaml, parse_section
 from u2moe.data.config import DataConfig
 from u2moe.data.tokenizer import read_units
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmvn", type=Path, help="global_cmvn (WeNet JSON or Kaldi text)")
     parser.add_argument("--units", type=Path, help="units.txt / lang_char.txt of the model")
     parser.add_argument("--bpe-model", type=Path, help="sentencepiece model of BPE units")
-    parser.add_argument("--out", required=True, type=Path, help="model directory to write")
+    parser.add_argument("--out", required=True, type=output_dir, help="model directory to write")
 
 
 def main(args: argparse.Namespace) -> int:

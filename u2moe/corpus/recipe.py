@@ -12,14 +12,12 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from u2moe.corpus.sentences import (
@@ -37,6 +35,7 @@ from u2moe.corpus.voices import (
     available_voices,
 )
 from u2moe.errors import UserError
+from u2moe.progress import progress
 
 log = logging.getLogger("u2moe.corpus")
 
@@ -260,15 +259,9 @@ def build_corpus(
     started = time.monotonic()
     failures = []
     jobs = [u.job for u in _interleave(todo, seed)]
-    progress = tqdm(
-        run_jobs(jobs, wav_dir, workers),
-        total=len(jobs),
-        desc="synthesizing",
-        unit="utt",
-        mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line per 30 s
-    )
+    results = progress(run_jobs(jobs, wav_dir, workers), len(jobs), "synthesizing", "utt")
     with logging_redirect_tqdm():  # warnings on their own lines, not inside the bar
-        for key, duration, error in progress:
+        for key, duration, error in results:
             if error is None:
                 durations[key] = duration
             else:

@@ -6,18 +6,18 @@ Defaults follow WeNet's U2++ recipes, with batch sizes and worker counts for a s
 from dataclasses import dataclass, field
 from typing import Literal
 
-from u2moe.config import ConfigError
+from u2moe.config import ConfigError, bounded
 
 
 @dataclass
 class FeatureConfig:
     """Kaldi-compatible log-mel filterbank (the options WeNet passes to torchaudio)."""
 
-    num_mel_bins: int = 80
-    frame_length: float = 25.0  # ms
-    frame_shift: float = 10.0  # ms
+    num_mel_bins: int = bounded(80, ge=1)
+    frame_length: float = bounded(25.0, gt=0)  # ms
+    frame_shift: float = bounded(10.0, gt=0)  # ms, at most frame_length
     # Std of Gaussian noise in int16 units added to training audio (evaluation: none).
-    dither: float = 1.0
+    dither: float = bounded(1.0, ge=0)
     # Lowest log-mel value: digital silence (log(eps) = -15.9) raised to it. Synthesized
     # audio holds long stretches of it, which doubled the global CMVN std and so halved the
     # normalized range of the speech (docs/TRAINING.md). None: off (WeNet).
@@ -29,7 +29,9 @@ class TokenizerConfig:
     """Modelling units; the files live in the prepared data (or model) directory."""
 
     type: Literal["char", "bpe"] = "char"
-    vocab_size: int = 500  # sentencepiece vocabulary for `bpe` (the model adds blank, sos/eos)
+    vocab_size: int = bounded(
+        500, ge=2
+    )  # sentencepiece vocabulary for `bpe` (the model adds blank, sos/eos)
     units: str = "units.txt"
     bpe_model: str = "bpe.model"
 
@@ -38,18 +40,18 @@ class TokenizerConfig:
 class SpecAugConfig:
     """Time and frequency masks (zeros); 0 masks turn it off."""
 
-    num_t_mask: int = 2
-    num_f_mask: int = 2
-    max_t: int = 50  # frames
-    max_f: int = 10  # mel bins
+    num_t_mask: int = bounded(2, ge=0)
+    num_f_mask: int = bounded(2, ge=0)
+    max_t: int = bounded(50, ge=0)  # frames
+    max_f: int = bounded(10, ge=0)  # mel bins
 
 
 @dataclass
 class SpecSubConfig:
     """Replace short time spans with an earlier span of the same utterance; 0 turns it off."""
 
-    num_t_sub: int = 3
-    max_t: int = 30  # frames
+    num_t_sub: int = bounded(3, ge=0)
+    max_t: int = bounded(30, ge=0)  # frames
 
 
 @dataclass
@@ -62,7 +64,7 @@ class AugmentConfig:
     plateau, augmentation still regularizes (docs/TRAINING.md).
     """
 
-    start_epoch: int = 0
+    start_epoch: int = bounded(0, ge=0)
     speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
     spec_aug: SpecAugConfig = field(default_factory=SpecAugConfig)
     spec_sub: SpecSubConfig = field(default_factory=SpecSubConfig)
@@ -72,16 +74,16 @@ class AugmentConfig:
 class BatchConfig:
     """Dynamic batching by padded frames (batch size x longest utterance)."""
 
-    max_frames_in_batch: int = 12000
-    bucket_size: int = 500  # utterances sorted by length together before batching
+    max_frames_in_batch: int = bounded(12000, ge=1)
+    bucket_size: int = bounded(500, ge=1)  # utterances sorted by length together before batching
     shuffle: bool = True  # training only: a fresh order per (seed, epoch)
-    num_workers: int = 1  # DataLoader worker processes (0: load in the training process)
-    prefetch_factor: int = 2  # batches each worker prepares ahead
+    num_workers: int = bounded(1, ge=0)  # DataLoader workers (0: load in the training process)
+    prefetch_factor: int = bounded(2, ge=1)  # batches each worker prepares ahead
     # Utterances outside [min_duration, max_duration] seconds (before speed perturbation) or
     # with more than max_tokens tokens are left out, counted as skipped.
-    min_duration: float = 0.1
-    max_duration: float = 40.0
-    max_tokens: int = 200
+    min_duration: float = bounded(0.1, ge=0)
+    max_duration: float = bounded(40.0, gt=0)
+    max_tokens: int = bounded(200, ge=1)
 
 
 @dataclass
@@ -93,34 +95,26 @@ class DataConfig:
 
     def __post_init__(self):
         feat, aug, batch = self.features, self.augment, self.batch
+        speeds_ok = len(aug.speed_perturb) > 0 and all(0.5 <= s <= 2.0 for s in aug.speed_perturb)
+        slowest = min(aug.speed_perturb) if speeds_ok else 1.0
         checks = [
-            (feat.num_mel_bins > 0, f"features.num_mel_bins must be > 0, got {feat.num_mel_bins}"),
             (
-                0 < feat.frame_shift <= feat.frame_length,
+                feat.frame_shift <= feat.frame_length,
                 "features.frame_shift must be in (0, frame_length]",
             ),
-            (feat.dither >= 0, f"features.dither must be >= 0, got {feat.dither}"),
-            (self.tokenizer.vocab_size >= 2, "tokenizer.vocab_size must be >= 2"),
             (
-                len(aug.speed_perturb) > 0 and all(0.5 <= s <= 2.0 for s in aug.speed_perturb),
+                speeds_ok,
                 f"augment.speed_perturb must list speeds in [0.5, 2], got {aug.speed_perturb}",
             ),
-            (aug.start_epoch >= 0, f"augment.start_epoch must be >= 0, got {aug.start_epoch}"),
-            (batch.max_frames_in_batch > 0, "batch.max_frames_in_batch must be > 0"),
-            (batch.bucket_size > 0, "batch.bucket_size must be > 0"),
-            (batch.num_workers >= 0, "batch.num_workers must be >= 0"),
-            (batch.prefetch_factor >= 1, "batch.prefetch_factor must be >= 1"),
             (
-                0 <= batch.min_duration < batch.max_duration,
+                batch.min_duration < batch.max_duration,
                 "batch.min_duration must be >= 0 and below batch.max_duration",
             ),
             (
-                batch.max_duration / min(aug.speed_perturb or [1.0]) * 1000 / feat.frame_shift
-                <= batch.max_frames_in_batch,
+                batch.max_duration / slowest * 1000 / feat.frame_shift <= batch.max_frames_in_batch,
                 f"batch.max_duration {batch.max_duration} s (slowed by speed_perturb) is longer "
                 f"than one batch of max_frames_in_batch {batch.max_frames_in_batch} frames",
             ),
-            (batch.max_tokens > 0, "batch.max_tokens must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

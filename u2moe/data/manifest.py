@@ -13,12 +13,14 @@ in memory. An entry that cannot be used is a `BadEntry` (key and reason), never 
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from u2moe.data.audio import AudioError, check_segment
 from u2moe.data.skips import SkipStats
 from u2moe.errors import UserError
 
@@ -99,6 +101,18 @@ def read_manifest(path: str | Path, stats: SkipStats | None = None) -> Iterator[
         yield entry
 
 
+def check_unique_keys(manifest: Manifest) -> None:
+    """UserError naming the keys that occur more than once (a decode would score them twice)."""
+    counts = Counter(entry.key for entry in manifest)
+    repeated = [key for key, count in counts.items() if count > 1]
+    if repeated:
+        more = f" (+{len(repeated) - 5} more)" if len(repeated) > 5 else ""
+        raise UserError(
+            f"{manifest.path}: duplicated keys {', '.join(repeated[:5])}{more}; "
+            "give every utterance its own key"
+        )
+
+
 def _index_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Byte offsets and 1-based numbers of the non-blank lines of a text file, int64 (N,) each."""
     offsets, numbers = [], []
@@ -119,26 +133,52 @@ def _parse_json_line(line: bytes, where: str, manifest: Path) -> Utterance | Bad
         return BadEntry(where, "invalid JSON")
     if not isinstance(obj, dict):
         return BadEntry(where, "invalid JSON")
-    key = obj.pop("key", None)
-    if not isinstance(key, str) or not key:
-        return BadEntry(where, "missing field 'key'")
-    audio = obj.pop("audio", None) or obj.pop("wav", None)
-    if not isinstance(audio, str) or not audio:
-        return BadEntry(key, "missing field 'audio'")
-    text = obj.pop("text", obj.pop("txt", None))
-    if not isinstance(text, str):
-        return BadEntry(key, "missing field 'text'")
+    key, problem = _pop_string(obj, ("key",))
+    if problem:
+        return BadEntry(where, problem)
+    audio, problem = _pop_string(obj, ("audio", "wav"))
+    text, text_problem = _pop_string(obj, ("text", "txt"), empty_ok=True)
+    if problem or text_problem:
+        return BadEntry(key, problem or text_problem)
     try:
         duration = _optional_float(obj.pop("duration", None))
         start = _optional_float(obj.pop("start", None)) or 0.0
         end = _optional_float(obj.pop("end", None))
     except (TypeError, ValueError):
         return BadEntry(key, "invalid duration/start/end")
+    if problem := _segment_problem(start, end):
+        return BadEntry(key, problem)
     if not audio.rstrip().endswith("|"):
         audio = str((manifest.parent / audio).absolute())
     if duration is None and end is not None:
         duration = end - start
-    return Utterance(key, audio, text, duration, start, end, obj)
+    return Utterance(key, audio, normalize_text(text), duration, start, end, obj)
+
+
+def normalize_text(text: str) -> str:
+    """Runs of whitespace become one space, none at the ends (no empty words)."""
+    return " ".join(text.split())
+
+
+def _pop_string(obj: dict, names: tuple[str, ...], empty_ok: bool = False) -> tuple[str, str]:
+    """(value, "") for the first of `names` in `obj` (popped), else ("", the problem)."""
+    for name in names:
+        if name in obj:
+            value = obj.pop(name)
+            if not isinstance(value, str):
+                return "", f"field '{name}' is not a string"
+            if value or empty_ok:
+                return value, ""
+            return "", f"field '{name}' is empty"
+    return "", f"missing field '{names[0]}'"
+
+
+def _segment_problem(start: float, end: float | None) -> str:
+    try:
+        check_segment("", start, end)
+    except AudioError as e:
+        return e.reason
+    return ""
 
 
 def _optional_float(value) -> float | None:
@@ -183,6 +223,9 @@ def _read_kaldi_dir(directory: Path) -> list[Utterance | BadEntry]:
                 entries.append(BadEntry(key, "no valid line in segments"))
                 continue
             end = None if end < 0 else end  # Kaldi: -1 means the end of the recording
+            if problem := _segment_problem(start, end):
+                entries.append(BadEntry(key, problem))
+                continue
         if recording not in wavs:
             entries.append(BadEntry(key, "no audio in wav.scp"))
             continue
@@ -191,5 +234,7 @@ def _read_kaldi_dir(directory: Path) -> list[Utterance | BadEntry]:
             audio = str(Path(audio).absolute())
         extra = {"speaker": speakers[key]} if key in speakers else {}
         duration = None if end is None else end - start
-        entries.append(Utterance(key, audio, texts[key], duration, start, end, extra))
+        entries.append(
+            Utterance(key, audio, normalize_text(texts[key]), duration, start, end, extra)
+        )
     return entries

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from u2moe.data.audio import SAMPLE_RATE, AudioError, load_audio
 from u2moe.data.cmvn import CmvnStats
@@ -25,6 +24,7 @@ from u2moe.data.manifest import BadEntry, Manifest, Utterance
 from u2moe.data.skips import SkipStats
 from u2moe.data.tokenizer import train_tokenizer
 from u2moe.errors import UserError
+from u2moe.progress import progress
 
 
 CMVN_FEATURE_KEYS = ("num_mel_bins", "frame_length", "frame_shift", "log_floor")
@@ -167,7 +167,7 @@ def _check_set(
     with whitespace-normalized text and measured duration."""
     seen: set[str] = set()
     tasks = ((i, cfg, i in cmvn_sample) for i in range(len(manifest)))
-    bar = tqdm(total=len(manifest), desc=f"prepare {report.name}", unit="utt", dynamic_ncols=True)
+    bar = progress(total=len(manifest), desc=f"prepare {report.name}", unit="utt")
     # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock
     pool = multiprocessing.get_context("spawn").Pool(jobs, _set_manifest, (manifest,))
     with pool:
@@ -182,7 +182,6 @@ def _check_set(
             entry.duration, stats = result
             if stats is not None:
                 cmvn.merge(stats)
-            entry.text = " ".join(entry.text.split())
             yield entry
     bar.close()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from u2moe.data.audio import AudioError
+from u2moe.data.audio import AudioError, check_finite
 from u2moe.data.config import FeatureConfig
 from u2moe.data.features import OnlineFbank
 from u2moe.decode.config import DecodeConfig
@@ -39,7 +39,7 @@ def float_samples(audio, name: str = "audio") -> np.ndarray:
     if samples.dtype == np.int16:
         return samples.astype(np.float32) / INT16_SCALE
     if np.issubdtype(samples.dtype, np.floating):
-        return samples.astype(np.float32)
+        return check_finite(samples.astype(np.float32), name)
     raise AudioError(name, "unsupported sample type", f"{samples.dtype}; use int16 or float")
 
 

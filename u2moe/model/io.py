@@ -24,6 +24,7 @@ from u2moe.model.config import ModelConfig
 from u2moe.model.u2 import U2Model
 
 CONFIG, WEIGHTS, UNITS, BPE = "config.yaml", "model.pt", "units.txt", "bpe.model"
+NOT_TORCH = "not a file written by torch.save"
 
 
 def save_model_dir(
@@ -82,7 +83,12 @@ def torch_load(path: str | Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: corrupt or unreadable {what} ({reason})") from None
+        if reason.startswith("Weights only load failed"):  # torch's advice is not for users
+            objects = "Unsupported global" in str(e)
+            reason = "it holds Python objects, not only tensors" if objects else NOT_TORCH
+    except (LookupError, ValueError):  # other bytes (a WAV, text) upset the unpickler anyhow
+        reason = NOT_TORCH
+    raise UserError(f"{path}: corrupt or unreadable {what} ({reason})")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

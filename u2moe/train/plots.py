@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,13 +47,16 @@ def plot_losses(records: list[dict], path: Path) -> None:
 
 
 def plot_expert_heatmap(fractions: dict[str, list[float]], path: Path, title: str) -> None:
-    """Layers x experts, colour = fraction of frames routed to the expert."""
+    """Layers x experts, colour = fraction of frames routed to the expert. Layers may have
+    different expert counts (encoder and decoder): a shorter row is blank past its end."""
     names = list(fractions)
-    grid = [fractions[n] for n in names]
-    fig, ax = plt.subplots(figsize=(2 + 0.5 * len(grid[0]), 1 + 0.28 * len(names)))
+    grid = np.full((len(names), max(map(len, fractions.values()))), np.nan)
+    for row, name in zip(grid, names, strict=True):
+        row[: len(fractions[name])] = fractions[name]
+    fig, ax = plt.subplots(figsize=(2 + 0.5 * grid.shape[1], 1 + 0.28 * len(names)))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xticks(range(len(grid[0])))
+    ax.set_xticks(range(grid.shape[1]))
     ax.set(xlabel="expert", title=title)
     fig.colorbar(image, ax=ax, label="fraction of frames")
     _save(fig, path)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from u2moe.config import ConfigError, as_dict, load_yaml, parse_section, save_yaml
 from u2moe.data.cmvn import load_cmvn
@@ -37,6 +36,7 @@ from u2moe.decode.search import ctc_greedy_search
 from u2moe.errors import UserError
 from u2moe.model.config import ModelConfig
 from u2moe.model.u2 import U2Model
+from u2moe.progress import progress
 from u2moe.train import distributed
 from u2moe.train.average import average_best
 from u2moe.train.checkpoint import (
@@ -266,9 +266,9 @@ def _train(
         distributed.barrier()
 
     # ---- the loop ----
-    bar = tqdm(
-        total=total_steps or None, initial=pos.step, unit="step", dynamic_ncols=True,
-        disable=not info.is_main, desc="train",
+    bar = progress(
+        total=total_steps or None, initial=pos.step, unit="step", disable=not info.is_main,
+        desc="train",
     )  # fmt: skip
     window = Window(info.device)
     last_checkpoint_step = pos.step if resume_from is not None else -1
