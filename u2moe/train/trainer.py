@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,7 +371,9 @@ class Trainer:
             log.warning("step %d: gradient norm is %s, update skipped", state.step + 1, grad_norm)
         state.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
-        state.scheduler.step()
+        with warnings.catch_warnings():  # a skipped update still advances the schedule
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            state.scheduler.step()
         state.step += 1
         self.window.note_step(grad_norm)
         self.bar.update()
