@@ -372,7 +372,7 @@ class Trainer:
         state.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # a skipped update still advances the schedule
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             state.scheduler.step()
         state.step += 1
         self.window.note_step(grad_norm)
