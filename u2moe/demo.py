@@ -207,11 +207,10 @@ def finish(out: Path, name: str, command: str, start: float) -> None:
 
 def parameter_counts(model_dir: Path) -> tuple[int, int]:
     """(total, active per frame) of a trained model, counted on the meta device."""
-    from u2moe.config import load_yaml, parse_section
-    from u2moe.model.config import ModelConfig
+    from u2moe.model.io import read_model_config
     from u2moe.model.params import count_config
 
-    cfg = parse_section(ModelConfig, load_yaml(model_dir / "config.yaml")["model"], "model")
+    cfg = read_model_config(model_dir)[0]
     parts = count_config(cfg)
     return sum(p.total for p in parts), sum(p.active for p in parts)
 

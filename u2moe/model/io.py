@@ -54,6 +54,16 @@ def load_model_dir(directory: str | Path) -> tuple[U2Model, dict[str, Any], list
     """-> (model in eval mode on CPU, config sections, units). One-line UserError for a
     missing file, a bad config, or weights that do not fit the config."""
     directory = Path(directory)
+    cfg, config, units = read_model_config(directory)
+    model = U2Model(cfg)
+    load_weights(model, read_state_dict(directory / WEIGHTS), str(directory / WEIGHTS))
+    return model.eval(), config, units
+
+
+def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any], list[str]]:
+    """A model (or experiment) directory's config -> (ModelConfig with vocab_size set from
+    the units, all config sections, units). One-line UserError for a missing or bad file."""
+    directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: no such model directory")
     config = load_yaml(directory / CONFIG)
@@ -65,9 +75,7 @@ def load_model_dir(directory: str | Path) -> tuple[U2Model, dict[str, Any], list
         raise UserError(
             f"{directory / UNITS}: {len(units)} units, but model.vocab_size is {cfg.vocab_size}"
         )
-    model = U2Model(cfg)
-    load_weights(model, read_state_dict(directory / WEIGHTS), str(directory / WEIGHTS))
-    return model.eval(), config, units
+    return cfg, config, units
 
 
 def torch_load(path: str | Path, what: str) -> Any:
