@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model  # noqa: I001 (tests/ helper)
 from torch import nn
 
 from u2moe.model.moe import FeedForward, MoEFeedForward, moe_layers, set_top_k
@@ -273,20 +274,6 @@ def _reference_balance_loss(logits: torch.Tensor, real: torch.Tensor, top_k: int
     return logits.size(-1) * (fraction * logits.softmax(dim=-1).mean(dim=0)).sum()
 
 
-def _tiny_u2(aux: float):
-    from u2moe.model.config import DecoderConfig, EncoderConfig, FFNConfig, ModelConfig
-    from u2moe.model.u2 import U2Model
-
-    ffn = FFNConfig(type="moe", n_experts=4, top_k=2, aux_loss_weight=aux)
-    cfg = ModelConfig(
-        vocab_size=10,
-        encoder=EncoderConfig(d_model=32, n_heads=2, d_ff=48, n_layers=2, kernel_size=5, ffn=ffn),
-        decoder=DecoderConfig(n_heads=2, d_ff=48, n_layers=1, n_r2l_layers=1, ffn=ffn),
-    )
-    torch.manual_seed(0)
-    return U2Model(cfg)
-
-
 def _u2_batch():
     torch.manual_seed(1)
     targets = torch.tensor([[2, 3, 4, 5], [6, 7, -1, -1]])
@@ -294,7 +281,7 @@ def _u2_batch():
 
 
 def test_aux_loss_from_the_routing_record_equals_the_hook_reference():
-    model = _tiny_u2(aux=0.01)
+    model = tiny_model("moe", aux=0.01).train()
     layers = moe_layers(model)
     logits = {}
     hooks = [
@@ -323,7 +310,7 @@ def test_aux_loss_from_the_routing_record_equals_the_hook_reference():
 
 
 def test_eval_forward_records_routing_without_changing_outputs():
-    model = _tiny_u2(aux=0.0).eval()
+    model = tiny_model("moe")
     feats, lengths, targets, target_lengths = _u2_batch()
     with torch.no_grad():
         first = model(feats, lengths, targets, target_lengths)
@@ -343,7 +330,7 @@ def test_eval_forward_records_routing_without_changing_outputs():
 
 
 def test_set_top_k_changes_routing_on_every_layer_and_checks_k():
-    model = _tiny_u2(aux=0.0).eval()
+    model = tiny_model("moe")
     feats, lengths, targets, target_lengths = _u2_batch()
     set_top_k(model, 1)
     assert all(layer.top_k == 1 for layer in moe_layers(model))
