@@ -90,12 +90,12 @@ def test_a_second_run_on_the_same_experiment_is_refused(data_dir, tmp_path):
     assert not (exp / LOCK).exists()  # released and removed when the holder ended
 
 
-def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, caplog):
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / LOCK).write_text('{"pid": 999999, "host": "gone", "started": "yesterday"}\n')
-    with ExperimentLock(exp):
-        assert "pid 999999 on gone" in caplog.text
+    with ExperimentLock(exp) as lock:
+        assert "pid 999999 on gone" in lock.stale_note()
         assert str(__import__("os").getpid()) in (exp / LOCK).read_text()
         with pytest.raises(UserError, match="in use by another training run"):
             ExperimentLock(exp).__enter__()  # a second holder, even in the same process
@@ -170,3 +170,14 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(small_disk):
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["index.json", "step-2.pt"]
     assert [r["step"] for r in read_index(ckpt_dir)] == [2]
     assert load_checkpoint(ckpt_dir / "step-2.pt")["step"] == 2
+
+
+def test_training_takes_over_a_killed_runs_lock_and_says_so(data_dir, tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / LOCK).write_text('{"pid": 999999, "host": "gone", "started": "yesterday"}\n')
+    run(data_dir, exp, small_config(max_steps=1, valid_interval=1))
+    log = (exp / "train.log").read_text()
+    assert "took over the lock of a run that ended (pid 999999 on gone" in log
+    assert [r["step"] for r in read_index(exp / "checkpoints")] == [1]
+    assert not (exp / LOCK).exists()

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from u2moe.data.files import copy_file_atomic, write_text_atomic
 from u2moe.errors import UserError
 
 log = logging.getLogger("u2moe.demo")
@@ -201,7 +201,7 @@ def finish(out: Path, name: str, command: str, start: float) -> None:
     """Leave the marker that makes a rerun skip the stage."""
     marker = out / "stages" / f"{name}.done"
     marker.parent.mkdir(exist_ok=True)
-    marker.write_text(f"{command}\n{time.perf_counter() - start:.1f} s\n")
+    write_text_atomic(marker, f"{command}\n{time.perf_counter() - start:.1f} s\n")
     log.info("[%s] finished in %.1f min", name, (time.perf_counter() - start) / 60)
 
 
@@ -248,7 +248,7 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
     for model in models:
         for png in sorted((out / "exp" / model.name / "plots").glob("*.png")):
             target = plots / f"{model.name}-{png.name}"
-            shutil.copyfile(png, target)
+            copy_file_atomic(png, target)
             figures.append(f"![{model.name} {png.stem}](plots/{target.name})")
     report = "\n".join(
         [
@@ -268,7 +268,7 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
             "",
         ]
     )
-    (out / "REPORT.md").write_text(report)
+    write_text_atomic(out / "REPORT.md", report)
     return report
 
 

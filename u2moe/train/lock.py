@@ -8,15 +8,12 @@ prints.
 
 import fcntl
 import json
-import logging
 import os
 import socket
 import time
 from pathlib import Path
 
 from u2moe.errors import UserError
-
-log = logging.getLogger("u2moe.train")
 
 LOCK = "train.lock"
 
@@ -28,6 +25,7 @@ class ExperimentLock:
     def __init__(self, exp_dir: Path):
         self.path = Path(exp_dir) / LOCK
         self.fd: int | None = None
+        self.previous: dict = {}
 
     def __enter__(self) -> "ExperimentLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,14 +44,19 @@ class ExperimentLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)
-        previous = read_holder(self.path)
-        if previous:
-            log.warning("taking over the lock of a run that ended (%s)", describe(previous))
+        # What a killed run left (logged by the caller once its log is set up).
+        self.previous = read_holder(self.path)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.ctime()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self.fd = fd
         return self
+
+    def stale_note(self) -> str:
+        """'' or a line about the ended run whose lock file this one took over."""
+        if not self.previous:
+            return ""
+        return f"took over the lock of a run that ended ({describe(self.previous)})"
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)  # while still holding it: no one else is inside

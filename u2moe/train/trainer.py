@@ -150,8 +150,10 @@ def train(
     info = distributed.setup(device)
     try:
         trainer = Trainer(info, config, config_name, data_dir, train_manifest, dev_manifest)
-        with ExperimentLock(exp_dir) if info.is_main else contextlib.nullcontext():
+        with ExperimentLock(exp_dir) if info.is_main else contextlib.nullcontext() as lock:
             trainer.setup(exp_dir, resume, max_steps)
+            if lock and lock.stale_note():
+                log.warning(lock.stale_note())
             trainer.run()
             trainer.average()
         distributed.synchronize()
