@@ -226,7 +226,7 @@ class Trainer:
         dev_manifest: Path,
     ):
         """Read the config and the units; writes nothing (a bad config leaves no files)."""
-        self.info, self.config_name, self.data_dir = info, config_name, data_dir
+        self.info, self.data_dir = info, data_dir
         self.train_manifest, self.dev_manifest = train_manifest, dev_manifest
         data_cfg = parse_section(DataConfig, config.get("data"), f"{config_name}: data")
         self.tokenizer = load_tokenizer(data_dir, data_cfg.tokenizer)
@@ -288,14 +288,15 @@ class Trainer:
             copy_file_atomic(self.data_dir / tokenizer_cfg.bpe_model, self.exp_dir / "bpe.model")
 
     def restore(self, path: Path) -> None:
-        self.state.restore(load_checkpoint(path), self.info.rank, self.info.world_size)
+        ckpt = load_checkpoint(path)
+        self.state.restore(ckpt, self.info.rank, self.info.world_size)
         if self.state.rng is not None:
             set_rng_state(self.state.rng, self.model)
         else:
             log.warning(
-                "the checkpoint was written by another number of processes than this run's "
-                "%d: the data shards and random streams differ, so the run will not repeat "
-                "exactly", self.info.world_size,
+                "the checkpoint was written by %d process(es), this run has %d: the data "
+                "shards and random streams differ, so the run will not repeat exactly",
+                len(ckpt["rng"]), self.info.world_size,
             )  # fmt: skip
         log.info("resumed from %s: step %d, epoch %d", path, self.state.step, self.state.epoch)
 
