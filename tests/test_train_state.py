@@ -181,3 +181,17 @@ def test_training_takes_over_a_killed_runs_lock_and_says_so(data_dir, tmp_path):
     assert "took over the lock of a run that ended (pid 999999 on gone" in log
     assert [r["step"] for r in read_index(exp / "checkpoints")] == [1]
     assert not (exp / LOCK).exists()
+
+
+def test_average_waits_for_no_run(tmp_path, capsys):
+    from u2moe.cli import main as cli_main
+
+    exp = shutil.copytree(EXP_V0, tmp_path / "exp")
+    before = (exp / "model.pt").read_bytes()
+    with ExperimentLock(exp):
+        assert cli_main(["average", "--exp", str(exp), "--num", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another training run" in err and err.count("\n") == 1
+    assert (exp / "model.pt").read_bytes() == before
+    assert cli_main(["average", "--exp", str(exp), "--num", "1"]) == 0
+    assert not (exp / LOCK).exists()
