@@ -86,12 +86,15 @@ class U2Model(nn.Module):
         feats_lengths: torch.Tensor,
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
+        return_encoded: bool = False,
     ) -> dict[str, torch.Tensor]:
         """feats (B, T, 80) raw fbank, feats_lengths (B,), targets (B, L) padded with -1,
         target_lengths (B,) -> {"loss", "loss_ctc", "loss_att", "accuracy"} (+ "loss_aux").
 
         A part whose weight is 0 (ctc_weight 0 or 1) is still reported, computed without
         gradient. accuracy: L2R next-token accuracy on the real tokens and eos.
+        return_encoded: also "enc" (B, T', d) and "enc_lengths" (B,), for a CTC search on
+        the same encoder pass (the trainer's dev WER).
         """
         cfg = self.cfg
         enc, enc_lengths = self.encode(feats, feats_lengths)
@@ -103,6 +106,8 @@ class U2Model(nn.Module):
         mark_real_frames(self.decoder, target_lengths + 1)  # sos + tokens
         loss = cfg.ctc_weight * loss_ctc + (1 - cfg.ctc_weight) * loss_att
         out = {"loss": loss, "loss_ctc": loss_ctc, "loss_att": loss_att, "accuracy": accuracy}
+        if return_encoded:
+            out.update(enc=enc, enc_lengths=enc_lengths)
         aux_weights = {self.encoder: cfg.encoder.ffn.aux_loss_weight}
         aux_weights[self.decoder] = cfg.decoder.ffn.aux_loss_weight
         aux = [

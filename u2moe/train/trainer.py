@@ -437,31 +437,23 @@ class Trainer:
         wrapped.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_ctc, loss_att (x utts), utts
         errors = ErrorCounts()
-        # The loss forward runs the encoder (full context in eval mode); its output, caught
-        # here, gives the greedy hypotheses without a second encoder pass.
-        encoded = {}
-        hook = self.model.encoder.register_forward_hook(
-            lambda m, args, out: encoded.update(out=out)
-        )
-        try:
-            for batch, real in distributed.lockstep(self.dev_loader, info.device, pad=True):
-                feats, feats_lengths, targets, target_lengths = to_device(batch, info.device)
-                with self.autocast:
-                    out = wrapped(feats, feats_lengths, targets, target_lengths)
-                    enc, enc_mask = encoded.pop("out")
-                    log_probs = self.model.ctc_log_probs(enc)
-                if not real:
-                    continue
-                self.monitor.add()
-                n = len(batch["keys"])
-                losses = [float(out[k]) * n for k in ("loss", "loss_ctc", "loss_att")]
-                sums += torch.tensor([*losses, n], dtype=torch.float64)
-                hyps = ctc_greedy_search(log_probs.float(), enc_mask.squeeze(1).sum(dim=1))
-                for hyp, ref, length in zip(hyps, targets, target_lengths, strict=True):
-                    ref_text = self.tokenizer.decode(ref[:length].tolist())
-                    errors += word_errors(ref_text, self.tokenizer.decode(hyp.tokens))
-        finally:
-            hook.remove()
+        for batch, real in distributed.lockstep(self.dev_loader, info.device, pad=True):
+            feats, feats_lengths, targets, target_lengths = to_device(batch, info.device)
+            with self.autocast:
+                # The loss forward's encoder output (full context in eval mode) also gives
+                # the greedy hypotheses: no second encoder pass.
+                out = wrapped(feats, feats_lengths, targets, target_lengths, return_encoded=True)
+                log_probs = self.model.ctc_log_probs(out["enc"])
+            if not real:
+                continue
+            self.monitor.add()
+            n = len(batch["keys"])
+            losses = [float(out[k]) * n for k in ("loss", "loss_ctc", "loss_att")]
+            sums += torch.tensor([*losses, n], dtype=torch.float64)
+            hyps = ctc_greedy_search(log_probs.float(), out["enc_lengths"])
+            for hyp, ref, length in zip(hyps, targets, target_lengths, strict=True):
+                ref_text = self.tokenizer.decode(ref[:length].tolist())
+                errors += word_errors(ref_text, self.tokenizer.decode(hyp.tokens))
         counts = torch.tensor([errors.errors, errors.ref_length], dtype=torch.float64)
         sums = distributed.all_reduce_sum(sums.to(info.device)).cpu()
         counts = distributed.all_reduce_sum(counts.to(info.device)).cpu()
