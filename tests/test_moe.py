@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,11 @@ def test_packed_layer_runs_its_parents_init_and_shares_the_router():
     with torch.no_grad():
         torch.testing.assert_close(packed(x), moe(x), atol=1e-5, rtol=1e-5)
     assert packed.router.record.frames == (2, 5)
+
+
+def test_a_layer_copies_after_a_training_forward_without_its_record():
+    moe = MoEFeedForward(8, 16, nn.SiLU(), n_experts=4, top_k=2)
+    moe(torch.randn(3, 8)).sum().backward()
+    copied = copy.deepcopy(moe)
+    assert copied.router.record is None and moe.router.record is not None
+    assert copied.top_k == 2 and torch.equal(copied.router.weight, moe.router.weight)

@@ -146,6 +146,11 @@ class Router(nn.Linear):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, top_k={self.top_k}"
 
+    def __getstate__(self) -> dict:
+        # Copies and pickles leave the record behind: it describes this router's last
+        # forward, and its logits (non-leaf tensors in training) cannot be deep-copied.
+        return {**self.__dict__, "record": None}
+
 
 class MoEFeedForward(nn.Module):
     """Top-k routed mixture of `n_experts` FFNs. x: (..., d_model) -> (..., d_model).
