@@ -14,7 +14,7 @@ from train_data import make_prepared_dir  # noqa: I001 (tests/ helper)
 
 from u2moe.config import load_yaml
 from u2moe.data import files
-from u2moe.data.files import save_torch_atomic, write_text_atomic
+from u2moe.data.files import append_text, save_torch_atomic, write_text_atomic
 from u2moe.errors import UserError
 from u2moe.train.checkpoint import load_checkpoint, read_index, save_checkpoint
 from u2moe.train.lock import LOCK, ExperimentLock
@@ -170,6 +170,9 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(small_disk):
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["index.json", "step-2.pt"]
     assert [r["step"] for r in read_index(ckpt_dir)] == [2]
     assert load_checkpoint(ckpt_dir / "step-2.pt")["step"] == 2
+    with pytest.raises(UserError, match=r"metrics.jsonl: disk full: writing it needs \d+ more"):
+        while True:  # a log that grows until the disk is full
+            append_text(small_disk / "metrics.jsonl", "x" * 4096 + "\n")
 
 
 def test_training_takes_over_a_killed_runs_lock_and_says_so(data_dir, tmp_path):

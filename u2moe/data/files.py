@@ -35,9 +35,19 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if _is_disk_full(e):
-            free = shutil.disk_usage(path.parent).free
             needed = f"{size} bytes" if size else f"more than the {written} bytes written"
-            raise UserError(f"{path}: disk full: writing it needs {needed}, {free} free") from None
+            raise _disk_full(path, needed) from None
+        raise
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append to a log-like file (metrics.jsonl); a full disk is the same one-line error."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        if _is_disk_full(e):
+            raise _disk_full(Path(path), f"{len(text.encode())} more bytes") from None
         raise
 
 
@@ -58,6 +68,11 @@ def save_torch_atomic(obj: Any, path: str | Path) -> None:
 
     with atomic_path(path, _tensor_bytes(obj)) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def _disk_full(path: Path, needed: str) -> UserError:
+    free = shutil.disk_usage(path.parent).free
+    return UserError(f"{path}: disk full: writing it needs {needed}, {free} free")
 
 
 def _fsync(path: Path) -> None:

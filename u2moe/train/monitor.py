@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from u2moe.data.files import write_text_atomic
+from u2moe.data.files import append_text, write_text_atomic
 from u2moe.model.moe import MoEFeedForward
 
 
@@ -37,8 +37,7 @@ class MetricsLog:
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        append_text(self.path, json.dumps({"step": step, **scalars}) + "\n")
 
     def records(self) -> list[dict[str, float]]:
         if not self.path.is_file():
