@@ -2,6 +2,8 @@
 a lost checkpoint index rebuilt, and atomic writes that leave nothing on failure."""
 
 import errno
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from train_data import make_prepared_dir  # noqa: I001 (tests/ helper)
 
 from u2moe.config import load_yaml
@@ -21,6 +24,7 @@ from u2moe.train.lock import LOCK, ExperimentLock
 from u2moe.train.trainer import train
 
 EXP_V0 = Path(__file__).resolve().parent / "data" / "exp_v0"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     (exp / LOCK).write_text('{"pid": 999999, "host": "gone", "started": "yesterday"}\n')
     with ExperimentLock(exp) as lock:
         assert "pid 999999 on gone" in lock.stale_note()
-        assert str(__import__("os").getpid()) in (exp / LOCK).read_text()
+        assert str(os.getpid()) in (exp / LOCK).read_text()
         with pytest.raises(UserError, match="in use by another training run"):
             ExperimentLock(exp).__enter__()  # a second holder, even in the same process
     assert not (exp / LOCK).exists()
@@ -131,7 +135,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", fail)
     with pytest.raises(
-        UserError, match=r"step-2.pt: disk full: writing it needs 8 bytes, \d+ free"
+        UserError, match=r"step-2.pt: disk full: writing it needs at least 8 bytes, \d+ free"
     ):
         save_torch_atomic(_checkpoint(2, 9.0), path)
     monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(KeyError("x")))
@@ -139,7 +143,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
         save_torch_atomic(_checkpoint(2, 9.0), path)
     monkeypatch.undo()
     monkeypatch.setattr(files, "_fsync", fail)  # the disk fills at the flush
-    with pytest.raises(UserError, match=r"notes.txt: disk full: writing it needs 5 bytes"):
+    with pytest.raises(UserError, match=r"notes.txt: disk full: writing it needs at least 5 bytes"):
         write_text_atomic(tmp_path / "notes.txt", "hello")
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2.pt"]
@@ -147,32 +151,43 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 256 KiB tmpfs (root only; skipped where mounting is not permitted)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
+    """small_disk(size) -> a fresh tmpfs of that size ("256k"), unmounted after the test
+    (root only; skipped where mounting is not permitted)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for path in mounts:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(small_disk):
-    ckpt_dir = small_disk / "checkpoints"
+    disk = small_disk("256k")
+    ckpt_dir = disk / "checkpoints"
     save_checkpoint(ckpt_dir, _checkpoint(2, 1.0), 1.0, keep_best=1)
     big = {"model": {"w": torch.zeros(100_000)}, "step": 4, "dev_loss": 0.5}  # 400 kB
-    with pytest.raises(UserError, match=r"step-4.pt: disk full: writing it needs 400000 bytes"):
+    needs = r"step-4.pt: disk full: writing it needs at least 400000 bytes"
+    with pytest.raises(UserError, match=needs):
         save_checkpoint(ckpt_dir, big, 0.5, keep_best=1)
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["index.json", "step-2.pt"]
     assert [r["step"] for r in read_index(ckpt_dir)] == [2]
     assert load_checkpoint(ckpt_dir / "step-2.pt")["step"] == 2
     with pytest.raises(UserError, match=r"metrics.jsonl: disk full: writing it needs \d+ more"):
         while True:  # a log that grows until the disk is full
-            append_text(small_disk / "metrics.jsonl", "x" * 4096 + "\n")
+            append_text(disk / "metrics.jsonl", "x" * 4096 + "\n")
 
 
 def test_training_takes_over_a_killed_runs_lock_and_says_so(data_dir, tmp_path):
@@ -198,3 +213,23 @@ def test_average_waits_for_no_run(tmp_path, capsys):
     assert (exp / "model.pt").read_bytes() == before
     assert cli_main(["average", "--exp", str(exp), "--num", "1"]) == 0
     assert not (exp / LOCK).exists()
+
+
+def test_training_on_a_full_disk_ends_in_one_line_and_keeps_its_checkpoint(
+    data_dir, tmp_path, small_disk
+):
+    exp = small_disk("700k") / "exp"  # room for one checkpoint of this model, not two
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(small_config(max_steps=4, valid_interval=2, keep_best=3)))
+    command = [
+        sys.executable, "-m", "u2moe", "train", "--config", str(config), "--data",
+        str(data_dir), "--exp", str(exp), "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = re.findall(r"u2moe train: error: (.*)", done.stderr)
+    assert len(errors) == 1
+    assert re.match(r".*step-4.pt: disk full: writing it needs at least \d+ bytes", errors[0])
+    assert [r["step"] for r in read_index(exp / "checkpoints")] == [2]
+    assert load_checkpoint(exp / "checkpoints" / "step-2.pt")["step"] == 2
+    assert not [p for p in exp.rglob("*") if ".tmp" in p.name or p.name == LOCK]

@@ -23,8 +23,8 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 @contextlib.contextmanager
 def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; rename it onto `path` only if the
-    block succeeds. size: the bytes about to be written, if known (for the disk-full
-    message; otherwise what was written when the disk filled is reported as a minimum)."""
+    block succeeds. size: about the bytes to be written, if known (for the disk-full
+    message, which reports the larger of it and what was written when the disk filled)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -35,7 +35,7 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if _is_disk_full(e):
-            needed = f"{size} bytes" if size else f"more than the {written} bytes written"
+            needed = f"at least {max(size or 0, written)} bytes"
             raise _disk_full(path, needed) from None
         raise
 

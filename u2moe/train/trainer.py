@@ -312,9 +312,11 @@ class Trainer:
         self.window = Window(self.info.device)
         self.last_saved = state.step if self.resumed else -1
         done = self.finished()
-        while not done and state.epoch < tc.max_epochs:
-            done = self.train_epoch()
-        self.bar.close()
+        try:
+            while not done and state.epoch < tc.max_epochs:
+                done = self.train_epoch()
+        finally:
+            self.bar.close()  # before any error message
         if self.last_saved != state.step:
             self.save()
 
