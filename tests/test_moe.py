@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model  # noqa: I001 (tests/ helper)
 from torch import nn
 
-from u2moe.model.moe import FeedForward, MoEFeedForward, moe_layers, set_top_k
+from u2moe.model.moe import ExpertCounts, FeedForward, MoEFeedForward, moe_layers, set_top_k
 from u2moe.model.packing import PackedLinear, PackedMoEFeedForward, pack_for_cpu
 
 
@@ -367,3 +367,22 @@ def test_a_layer_copies_after_a_training_forward_without_its_record():
     copied = copy.deepcopy(moe)
     assert copied.router.record is None and moe.router.record is not None
     assert copied.top_k == 2 and torch.equal(copied.router.weight, moe.router.weight)
+
+
+def test_expert_counts_sum_the_records_of_real_frames_over_forwards():
+    model = tiny_model("moe")
+    counts = ExpertCounts(model)
+    assert len(counts.layers) == 2 * 2 + 2  # two macaron FFNs per encoder layer, decoders
+    feats, lengths, targets, target_lengths = _u2_batch()
+    with torch.no_grad():
+        for _ in range(2):
+            model(feats, lengths, targets, target_lengths)
+            counts.add()
+    layer_name, layer = next(iter(counts.layers.items()))
+    record = layer.router.record
+    assert torch.equal(counts.counts[layer_name], 2 * record.counts())
+    assert float(counts.frames[layer_name]) == 2 * float(record.n_frames)
+    for fractions in counts.fractions().values():
+        assert sum(fractions) == pytest.approx(2.0)  # top-2: each frame visits two experts
+    counts.reset()
+    assert all(f == [0.0] * 4 for f in counts.fractions().values())

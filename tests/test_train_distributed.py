@@ -56,7 +56,7 @@ def _ddp_worker(rank: int, port: int) -> None:
             if micro % 2 == 1:
                 optimizer.step()
                 optimizer.zero_grad()
-        idle = sum(int((counts == 0).sum()) for counts in monitor.counts.values())
+        idle = sum(int((counts.sum(dim=0) == 0).sum()) for counts in monitor.counts.values())
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         gathered = [torch.empty_like(flat) for _ in range(2)]
         dist.all_gather(gathered, flat)

@@ -308,6 +308,48 @@ class MoEFeedForward(nn.Module):
         return out.reshape(shape)
 
 
+class ExpertCounts:
+    """Routing of every MoE layer below a model, summed over forwards (`add()` after each):
+    per layer (by module name) `counts[name]` (k, E), the real frames that chose each
+    expert at each rank, and `frames[name]`, the real frames. What the training logs and
+    an experts report read. After `set_top_k`, `reset` before adding again (k changes the
+    shape of the counts)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = {
+            name: m for name, m in model.named_modules() if isinstance(m, MoEFeedForward)
+        }
+        self.reset()
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def add(self) -> None:
+        """Count the last forward's routing of every layer that ran (on its device)."""
+        for name, layer in self.layers.items():
+            record = layer.router.record
+            if record is None:
+                continue
+            self.counts[name] = self.counts.get(name, 0) + record.counts().detach()
+            self.frames[name] = self.frames.get(name, 0) + record.n_frames.detach()
+
+    def reset(self) -> None:
+        self.counts: dict[str, torch.Tensor] = {}
+        self.frames: dict[str, torch.Tensor] = {}
+
+    def fractions(self) -> dict[str, list[float]]:
+        """{layer name: [fraction of real frames each expert processed]}; with top-k a layer's
+        fractions sum to k (layers that saw no frames: zeros)."""
+        out = {}
+        for name, layer in self.layers.items():
+            if name not in self.counts:
+                out[name] = [0.0] * layer.n_experts
+                continue
+            frames = max(float(self.frames[name]), 1.0)
+            out[name] = (self.counts[name].sum(dim=0).double().cpu() / frames).tolist()
+        return out
+
+
 def make_feed_forward(
     cfg: FFNConfig, d_model: int, d_ff: int, activation: nn.Module, dropout: float = 0.0
 ) -> nn.Module:

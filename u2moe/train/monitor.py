@@ -9,13 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from u2moe.data.files import append_text, write_text_atomic
-from u2moe.model.moe import MoEFeedForward
+from u2moe.model.moe import ExpertCounts
 
 
 class MetricsLog:
@@ -48,46 +46,8 @@ class MetricsLog:
         self.writer.close()
 
 
-class ExpertMonitor:
-    """Per-layer expert utilization: the fraction of real frames each expert processed.
-
-    With top-k routing a frame visits k experts, so the fractions of a layer sum to k
-    (uniform routing gives k / n_experts each). `add()` after each forward sums what the
-    layers' routing records (`u2moe.model.moe.RoutingRecord`) say, until `reset`.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.layers = {
-            name: m for name, m in model.named_modules() if isinstance(m, MoEFeedForward)
-        }
-        self.reset()
-
-    def __bool__(self) -> bool:
-        return bool(self.layers)
-
-    def add(self) -> None:
-        """Count the last forward's routing of every layer (real frames only)."""
-        for name, layer in self.layers.items():
-            record = layer.router.record
-            if record is None:  # the layer has not run yet
-                continue
-            self.counts[name] = self.counts.get(name, 0) + record.counts().sum(dim=0).detach()
-            self.frames[name] = self.frames.get(name, 0) + record.n_frames.detach()
-
-    def fractions(self) -> dict[str, list[float]]:
-        """{layer name: [fraction of frames per expert]} (layers that saw no frames: zeros)."""
-        out = {}
-        for name, layer in self.layers.items():
-            if name not in self.counts:
-                out[name] = [0.0] * layer.n_experts
-                continue
-            frames = max(float(self.frames[name]), 1.0)
-            out[name] = (self.counts[name].double().cpu() / frames).tolist()
-        return out
-
-    def reset(self) -> None:
-        self.counts: dict[str, torch.Tensor] = {}  # per layer: (E,) routed frames
-        self.frames: dict[str, torch.Tensor] = {}  # per layer: real frames
+class ExpertMonitor(ExpertCounts):
+    """Expert utilization for the training logs: `ExpertCounts` plus the scalars logged."""
 
     def scalars(self, prefix: str) -> dict[str, float]:
         """Scalars `{prefix}/{layer}/{expert}` (fraction of frames) and, per layer,
