@@ -108,11 +108,11 @@ class U2Model(nn.Module):
         out = {"loss": loss, "loss_ctc": loss_ctc, "loss_att": loss_att, "accuracy": accuracy}
         if return_encoded:
             out.update(enc=enc, enc_lengths=enc_lengths)
-        aux_weights = {self.encoder: cfg.encoder.ffn.aux_loss_weight}
-        aux_weights[self.decoder] = cfg.decoder.ffn.aux_loss_weight
-        aux = [
-            w * balance_loss(part) for part, w in aux_weights.items() if w > 0 and moe_layers(part)
+        weights = [
+            (self.encoder, cfg.encoder.ffn.aux_loss_weight),
+            (self.decoder, cfg.decoder.ffn.aux_loss_weight),
         ]
+        aux = [w * balance_loss(part) for part, w in weights if w > 0 and moe_layers(part)]
         if aux:
             out["loss_aux"] = sum(aux)
             out["loss"] = loss + out["loss_aux"]
