@@ -6,9 +6,9 @@ selected experts, each a dense FFN. No auxiliary loss unless asked for.
 
 Routing has one owner, the `Router` (logits, top-k, weights). On every forward it leaves
 a `RoutingRecord` of what it saw (logits, chosen experts, which frames were real); the
-Switch load-balancing loss (`balance_loss`), the training logs' expert utilization
-(`u2moe.train.monitor.ExpertMonitor`) and anything else that wants routing statistics
-read that record, nothing else. `set_top_k(model, k)` changes k at inference.
+Switch load-balancing loss (`balance_loss`), expert utilization summed over forwards
+(`ExpertCounts`, which the training logs use) and anything else that wants routing
+statistics read that record, nothing else. `set_top_k(model, k)` changes k at inference.
 
 Expert weights are stacked into (n_experts, ...) tensors so that dispatch can index
 them without Python-level module lists. For CPU inference, `u2moe.model.packing` swaps in
