@@ -1,12 +1,14 @@
+import copy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model  # noqa: I001 (tests/ helper)
 from torch import nn
 
-from u2moe.model.moe import FeedForward, MoEFeedForward
+from u2moe.model.moe import ExpertCounts, FeedForward, MoEFeedForward, moe_layers, set_top_k
 from u2moe.model.packing import PackedLinear, PackedMoEFeedForward, pack_for_cpu
 
 
@@ -166,9 +168,8 @@ def test_cuda_bfloat16_takes_grouped_gemms_and_matches_the_loop(setting):
 
 def test_utilization_counts_every_routed_slot():
     moe = MoEFeedForward(8, 16, nn.SiLU(), n_experts=4, top_k=2)
-    moe.track_utilization = True
     moe(torch.randn(3, 5, 8))
-    assert moe.expert_counts.sum().item() == 3 * 5 * 2
+    assert moe.router.record.counts().sum().item() == 3 * 5 * 2
 
 
 def test_torch_export_with_dynamic_frames_matches_eager():
@@ -263,3 +264,125 @@ def test_packing_a_whole_u2_model_keeps_its_outputs():
         )
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _reference_balance_loss(logits: torch.Tensor, real: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The Switch loss as the model computed it before the routing record (a forward hook
+    caught the router logits; top-k recomputed on the real frames)."""
+    logits = logits[real].float()
+    chosen = logits.topk(top_k, dim=-1).indices.flatten()
+    fraction = torch.bincount(chosen, minlength=logits.size(-1)).float() / chosen.numel()
+    return logits.size(-1) * (fraction * logits.softmax(dim=-1).mean(dim=0)).sum()
+
+
+def _u2_batch():
+    torch.manual_seed(1)
+    targets = torch.tensor([[2, 3, 4, 5], [6, 7, -1, -1]])
+    return torch.randn(2, 70, 80), torch.tensor([70, 45]), targets, torch.tensor([4, 2])
+
+
+def test_aux_loss_from_the_routing_record_equals_the_hook_reference():
+    model = tiny_model("moe", aux=0.01).train()
+    layers = moe_layers(model)
+    logits = {}
+    hooks = [
+        layer.router.register_forward_hook(lambda m, a, out, i=i: logits.update({i: out}))
+        for i, layer in enumerate(layers)
+    ]
+    feats, lengths, targets, target_lengths = _u2_batch()
+    out = model(feats, lengths, targets, target_lengths)  # training mode: chunk draws
+    for hook in hooks:
+        hook.remove()
+    records = [layer.router.record for layer in layers]
+    with torch.no_grad():
+        enc_lengths = model.eval().encode(feats, lengths)[1]
+    expected = 0.0
+    for part in (model.encoder, model.decoder):
+        losses = []
+        part_lengths = enc_lengths if part is model.encoder else target_lengths + 1
+        for layer in moe_layers(part):
+            i = layers.index(layer)
+            frames = records[i].frames[1]
+            real = (torch.arange(frames) < part_lengths[:, None]).flatten()
+            assert torch.equal(records[i].real, real) and not real.all()
+            losses.append(_reference_balance_loss(logits[i], real, top_k=2))
+        expected = expected + 0.01 * torch.stack(losses).mean()
+    torch.testing.assert_close(out["loss_aux"], expected, rtol=1e-6, atol=0)
+
+
+def test_eval_forward_records_routing_without_changing_outputs():
+    model = tiny_model("moe")
+    feats, lengths, targets, target_lengths = _u2_batch()
+    with torch.no_grad():
+        first = model(feats, lengths, targets, target_lengths)
+        for layer in moe_layers(model):
+            layer.router.record = None
+        second = model(feats, lengths, targets, target_lengths)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    for layer in moe_layers(model):
+        record = layer.router.record
+        counts = record.counts()
+        assert counts.shape == (2, 4)
+        # every real frame chose exactly one expert at each rank
+        assert torch.equal(counts.sum(dim=1), record.n_frames.expand(2))
+        assert record.n_frames < record.logits.shape[0]  # padding left out
+        torch.testing.assert_close(record.mean_probability().sum(), torch.tensor(1.0))
+
+
+def test_set_top_k_changes_routing_on_every_layer_and_checks_k():
+    model = tiny_model("moe")
+    feats, lengths, targets, target_lengths = _u2_batch()
+    set_top_k(model, 1)
+    assert all(layer.top_k == 1 for layer in moe_layers(model))
+    with torch.no_grad():
+        model(feats, lengths, targets, target_lengths)
+    layer = moe_layers(model.encoder)[0]
+    assert layer.router.record.experts.shape[1] == 1
+    x = torch.randn(3, 7, 32)
+    torch.testing.assert_close(layer(x), layer.forward_reference(x), atol=1e-5, rtol=1e-5)
+    for bad in (0, 5, 1.5):
+        with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 4\]"):
+            set_top_k(model, bad)
+    assert all(layer.top_k == 1 for layer in moe_layers(model))  # unchanged by a bad k
+    with pytest.raises(ValueError, match="no MoE layer"):
+        set_top_k(FeedForward(8, 16, nn.SiLU()), 1)
+
+
+def test_packed_layer_runs_its_parents_init_and_shares_the_router():
+    moe = MoEFeedForward(16, 32, nn.SiLU(), n_experts=4, top_k=2).eval()
+    packed = PackedMoEFeedForward(moe, "float32")
+    assert packed.router is moe.router and packed.top_k == 2 and packed.n_experts == 4
+    assert not any(p.is_meta for p in packed.parameters())
+    assert set(packed.state_dict()) == {"router.weight"}
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), moe(x), atol=1e-5, rtol=1e-5)
+    assert packed.router.record.frames == (2, 5)
+
+
+def test_a_layer_copies_after_a_training_forward_without_its_record():
+    moe = MoEFeedForward(8, 16, nn.SiLU(), n_experts=4, top_k=2)
+    moe(torch.randn(3, 8)).sum().backward()
+    copied = copy.deepcopy(moe)
+    assert copied.router.record is None and moe.router.record is not None
+    assert copied.top_k == 2 and torch.equal(copied.router.weight, moe.router.weight)
+
+
+def test_expert_counts_sum_the_records_of_real_frames_over_forwards():
+    model = tiny_model("moe")
+    counts = ExpertCounts(model)
+    assert len(counts.layers) == 2 * 2 + 2  # two macaron FFNs per encoder layer, decoders
+    feats, lengths, targets, target_lengths = _u2_batch()
+    with torch.no_grad():
+        for _ in range(2):
+            model(feats, lengths, targets, target_lengths)
+            counts.add()
+    layer_name, layer = next(iter(counts.layers.items()))
+    record = layer.router.record
+    assert torch.equal(counts.counts[layer_name], 2 * record.counts())
+    assert float(counts.frames[layer_name]) == 2 * float(record.n_frames)
+    for fractions in counts.fractions().values():
+        assert sum(fractions) == pytest.approx(2.0)  # top-2: each frame visits two experts
+    counts.reset()
+    assert all(f == [0.0] * 4 for f in counts.fractions().values())

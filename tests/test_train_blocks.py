@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from u2moe.config import ConfigError, parse_section
+from u2moe.data.files import save_torch_atomic
 from u2moe.errors import UserError
 from u2moe.train.checkpoint import (
-    atomic_torch_save,
     average_checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -77,7 +77,7 @@ def test_failed_write_loses_nothing(tmp_path):
 
 def test_corrupt_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "step-1.pt"
-    atomic_torch_save(_state(1, 1.0), path)
+    save_torch_atomic(_state(1, 1.0), path)
     path.write_bytes(path.read_bytes()[:100])  # truncated, as after a full disk
     with pytest.raises(UserError, match="corrupt or unreadable checkpoint"):
         load_checkpoint(path)
@@ -90,7 +90,7 @@ def test_average_is_the_elementwise_mean(tmp_path):
     paths = []
     for step, value in [(1, 1.0), (2, 2.0), (3, 6.0)]:
         paths.append(tmp_path / f"step-{step}.pt")
-        atomic_torch_save(_state(step, value), paths[-1])
+        save_torch_atomic(_state(step, value), paths[-1])
     avg = average_checkpoints(paths)
     torch.testing.assert_close(avg["w"], torch.full((2,), 3.0))
     assert avg["n"].item() == 3 and avg["n"].dtype == torch.int64  # integers: from the last
@@ -98,7 +98,7 @@ def test_average_is_the_elementwise_mean(tmp_path):
 
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    atomic_torch_save({"rng": rng_state()}, tmp_path / "rng.pt")
+    save_torch_atomic({"rng": rng_state()}, tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(2), np.random.seed(2), torch.manual_seed(2)
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])

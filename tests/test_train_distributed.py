@@ -52,10 +52,11 @@ def _ddp_worker(rank: int, port: int) -> None:
             targets = torch.randint(2, 9, (2, 3))
             with distributed.gradient_sync(wrapped, enabled=micro % 2 == 1):
                 wrapped(feats, lengths, targets, torch.tensor([3, 2]))["loss"].backward()
+            monitor.add()
             if micro % 2 == 1:
                 optimizer.step()
                 optimizer.zero_grad()
-        idle = sum(int((m.expert_counts == 0).sum()) for m in monitor.layers.values())
+        idle = sum(int((counts.sum(dim=0) == 0).sum()) for counts in monitor.counts.values())
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         gathered = [torch.empty_like(flat) for _ in range(2)]
         dist.all_gather(gathered, flat)

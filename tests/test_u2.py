@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import tiny_model  # noqa: I001 (tests/ helper)
 
 from u2moe.errors import UserError
-from u2moe.model.config import ChunkConfig, DecoderConfig, EncoderConfig, FFNConfig, ModelConfig
 from u2moe.model.io import load_model_dir, save_model_dir
 from u2moe.model.u2 import (
     U2Model,
@@ -19,22 +19,6 @@ from u2moe.model.u2 import (
 
 VOCAB = 10
 UNITS = ["<blank>", "<unk>", *"abcdefg", "<sos/eos>"]
-
-
-def tiny_config(ffn: str = "dense", aux: float = 0.0, **overrides) -> ModelConfig:
-    moe = FFNConfig(type=ffn, n_experts=4, top_k=2, aux_loss_weight=aux)
-    return ModelConfig(
-        vocab_size=VOCAB,
-        encoder=EncoderConfig(d_model=32, n_heads=2, d_ff=48, n_layers=2, kernel_size=5, ffn=moe),
-        decoder=DecoderConfig(n_heads=2, d_ff=48, n_layers=1, n_r2l_layers=1, ffn=moe),
-        chunk=ChunkConfig(dynamic=True),
-        **overrides,
-    )
-
-
-def tiny_model(ffn: str = "dense", aux: float = 0.0, **overrides) -> U2Model:
-    torch.manual_seed(0)
-    return U2Model(tiny_config(ffn, aux, **overrides)).eval()
 
 
 def batch():

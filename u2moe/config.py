@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from u2moe.data.files import write_text_atomic
 from u2moe.errors import UserError
 
 T = TypeVar("T")
@@ -110,10 +111,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write a mapping as YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def parse_section(cls: type[T], data: dict[str, Any] | None, where: str) -> T:

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from u2moe.data.files import copy_file_atomic, write_text_atomic
 from u2moe.decode.batch import load_summary
 from u2moe.errors import UserError
 
@@ -201,17 +201,16 @@ def finish(out: Path, name: str, command: str, start: float) -> None:
     """Leave the marker that makes a rerun skip the stage."""
     marker = out / "stages" / f"{name}.done"
     marker.parent.mkdir(exist_ok=True)
-    marker.write_text(f"{command}\n{time.perf_counter() - start:.1f} s\n")
+    write_text_atomic(marker, f"{command}\n{time.perf_counter() - start:.1f} s\n")
     log.info("[%s] finished in %.1f min", name, (time.perf_counter() - start) / 60)
 
 
 def parameter_counts(model_dir: Path) -> tuple[int, int]:
     """(total, active per frame) of a trained model, counted on the meta device."""
-    from u2moe.config import load_yaml, parse_section
-    from u2moe.model.config import ModelConfig
+    from u2moe.model.io import read_model_config
     from u2moe.model.params import count_config
 
-    cfg = parse_section(ModelConfig, load_yaml(model_dir / "config.yaml")["model"], "model")
+    cfg = read_model_config(model_dir)[0]
     parts = count_config(cfg)
     return sum(p.total for p in parts), sum(p.active for p in parts)
 
@@ -249,7 +248,7 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
     for model in models:
         for png in sorted((out / "exp" / model.name / "plots").glob("*.png")):
             target = plots / f"{model.name}-{png.name}"
-            shutil.copyfile(png, target)
+            copy_file_atomic(png, target)
             figures.append(f"![{model.name} {png.stem}](plots/{target.name})")
     report = "\n".join(
         [
@@ -269,7 +268,7 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
             "",
         ]
     )
-    (out / "REPORT.md").write_text(report)
+    write_text_atomic(out / "REPORT.md", report)
     return report
 
 

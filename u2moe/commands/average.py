@@ -13,8 +13,13 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from u2moe.errors import UserError
     from u2moe.train.average import average_best
+    from u2moe.train.lock import ExperimentLock
 
-    used = average_best(args.exp, args.num)
+    if not args.exp.is_dir():
+        raise UserError(f"{args.exp}: no such experiment directory")
+    with ExperimentLock(args.exp):  # not while a training run writes model.pt
+        used = average_best(args.exp, args.num)
     print(f"{args.exp / 'model.pt'}: average of {', '.join(p.name for p in used)}")
     return 0

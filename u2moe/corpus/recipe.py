@@ -34,6 +34,7 @@ from u2moe.corpus.voices import (
     Voice,
     available_voices,
 )
+from u2moe.data.files import write_text_atomic
 from u2moe.errors import UserError
 from u2moe.progress import progress
 
@@ -181,12 +182,6 @@ def _readings(pool: list[str], rng: random.Random, again: bool) -> Iterator[str]
             return
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _plan_line(u: Utterance) -> dict:
     return {"split": u.split, "speaker": u.speaker, "voice": u.voice, **dataclasses.asdict(u.job)}
 
@@ -250,7 +245,7 @@ def build_corpus(
     for path in wav_dir.iterdir():  # scraps of a killed run, files no plan mentions
         if path.name.endswith(PARTIAL_SUFFIX) or path.stem not in keys:
             path.unlink()
-    _write_atomic(plan_path, "".join(json.dumps(_plan_line(u)) + "\n" for u in utterances))
+    write_text_atomic(plan_path, "".join(json.dumps(_plan_line(u)) + "\n" for u in utterances))
     log.info(
         "%s: %d utterances planned, %d already made, %d to synthesize with %d workers",
         out, len(utterances), len(durations), len(todo), workers,
@@ -279,7 +274,7 @@ def build_corpus(
         synthesized_this_run=len(jobs) - len(failures),
         synthesis_seconds=round(elapsed, 1),
     )
-    _write_atomic(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -300,7 +295,7 @@ def _write_manifests(out: Path, utterances: list[Utterance], durations: dict) ->
             }
             for u in made
         ]
-        _write_atomic(out / f"{split}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+        write_text_atomic(out / f"{split}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
         splits[split] = {
             "utterances": len(made),
             "hours": round(sum(x["duration"] for x in lines) / 3600, 3),

@@ -9,7 +9,6 @@ Each file is written to a temporary name and renamed, so a reader never sees hal
 """
 
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from u2moe.config import as_dict, load_yaml, parse_section, save_yaml
-from u2moe.data.files import atomic_path
+from u2moe.data.files import copy_file_atomic, save_torch_atomic
 from u2moe.data.tokenizer import read_units, write_units
 from u2moe.errors import UserError
 from u2moe.model.config import ModelConfig
@@ -44,12 +43,10 @@ def save_model_dir(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, directory / WEIGHTS)
     write_units(directory / UNITS, units)
     if bpe_model is not None and Path(bpe_model).resolve() != (directory / BPE).resolve():
-        with atomic_path(directory / BPE) as tmp:
-            shutil.copyfile(bpe_model, tmp)
+        copy_file_atomic(bpe_model, directory / BPE)
     sections = {"model": as_dict(model.cfg)} | {k: v for k, v in config.items() if k != "model"}
     save_yaml(sections, directory / CONFIG)
 
@@ -57,6 +54,16 @@ def save_model_dir(
 def load_model_dir(directory: str | Path) -> tuple[U2Model, dict[str, Any], list[str]]:
     """-> (model in eval mode on CPU, config sections, units). One-line UserError for a
     missing file, a bad config, or weights that do not fit the config."""
+    directory = Path(directory)
+    cfg, config, units = read_model_config(directory)
+    model = U2Model(cfg)
+    load_weights(model, read_state_dict(directory / WEIGHTS), str(directory / WEIGHTS))
+    return model.eval(), config, units
+
+
+def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any], list[str]]:
+    """A model (or experiment) directory's config -> (ModelConfig with vocab_size set from
+    the units, all config sections, units). One-line UserError for a missing or bad file."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: no such model directory")
@@ -69,9 +76,7 @@ def load_model_dir(directory: str | Path) -> tuple[U2Model, dict[str, Any], list
         raise UserError(
             f"{directory / UNITS}: {len(units)} units, but model.vocab_size is {cfg.vocab_size}"
         )
-    model = U2Model(cfg)
-    load_weights(model, read_state_dict(directory / WEIGHTS), str(directory / WEIGHTS))
-    return model.eval(), config, units
+    return cfg, config, units
 
 
 def torch_load(path: str | Path, what: str) -> Any:

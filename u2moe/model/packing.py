@@ -67,14 +67,19 @@ class PackedLinear(nn.Module):
 
 
 class PackedMoEFeedForward(MoEFeedForward):
-    """An MoEFeedForward whose experts are PackedLinear pairs; routing stays fp32."""
+    """An MoEFeedForward whose experts are PackedLinear pairs; the router (fp32) is shared.
+
+    Built as its parent on the meta device (no memory), then the stacked expert weights
+    give way to the packed ones.
+    """
 
     def __init__(self, moe: MoEFeedForward, weights: CpuWeights):
-        nn.Module.__init__(self)
-        self.n_experts, self.top_k = moe.n_experts, moe.top_k
-        self.router, self.activation, self.dropout = moe.router, moe.activation, moe.dropout
-        self.register_buffer("expert_counts", moe.expert_counts.clone(), persistent=False)
-        self.track_utilization = moe.track_utilization
+        d_ff, d_model = moe.w_1.shape[1:]
+        super().__init__(
+            d_model, d_ff, moe.activation, moe.n_experts, moe.top_k, moe.dropout.p, "meta"
+        )
+        self.router, self.dropout = moe.router, moe.dropout
+        del self.w_1, self.b_1, self.w_2, self.b_2
         self.experts_in = nn.ModuleList(
             PackedLinear(moe.w_1[e], moe.b_1[e], weights) for e in range(moe.n_experts)
         )

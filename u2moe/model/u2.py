@@ -7,7 +7,9 @@ loss = ctc_weight * CTC + (1 - ctc_weight) * ((1 - reverse_weight) * L2R + rever
 The attention losses use WeNet's label smoothing (KL divergence to the smoothed target,
 normalized by batch size, or by token count with length_normalized_loss); CTC is summed
 and divided by batch size. With an MoE FFN and aux_loss_weight > 0, a Switch-style
-load-balancing loss over the real (non-padding) frames is added.
+load-balancing loss over the real (non-padding) frames is added; it is read from the
+routing records the MoE layers leave (`u2moe.model.moe.RoutingRecord`), which `forward`
+marks with the real frames of the encoder and of the decoder inputs.
 """
 
 import torch
@@ -19,7 +21,7 @@ from u2moe.model.ctc import CTC
 from u2moe.model.decoder import BiTransformerDecoder
 from u2moe.model.encoder import ConformerEncoder
 from u2moe.model.mask import make_pad_mask
-from u2moe.model.moe import MoEFeedForward
+from u2moe.model.moe import balance_loss, mark_real_frames, moe_layers
 
 IGNORE_ID = -1
 
@@ -84,30 +86,36 @@ class U2Model(nn.Module):
         feats_lengths: torch.Tensor,
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
+        return_encoded: bool = False,
     ) -> dict[str, torch.Tensor]:
         """feats (B, T, 80) raw fbank, feats_lengths (B,), targets (B, L) padded with -1,
         target_lengths (B,) -> {"loss", "loss_ctc", "loss_att", "accuracy"} (+ "loss_aux").
 
         A part whose weight is 0 (ctc_weight 0 or 1) is still reported, computed without
         gradient. accuracy: L2R next-token accuracy on the real tokens and eos.
+        return_encoded: also "enc" (B, T', d) and "enc_lengths" (B,), for a CTC search on
+        the same encoder pass (the trainer's dev WER).
         """
         cfg = self.cfg
-        aux_weights = {"encoder": cfg.encoder.ffn.aux_loss_weight}
-        aux_weights["decoder"] = cfg.decoder.ffn.aux_loss_weight
-        with _RouterRecorder(self, [k for k, w in aux_weights.items() if w > 0]) as routers:
-            enc, enc_lengths = self.encode(feats, feats_lengths)
-            routers.set_lengths("encoder", enc_lengths)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ctc_weight > 0):
-                loss_ctc = self.ctc.loss(enc, enc_lengths, targets, target_lengths)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ctc_weight < 1):
-                routers.set_lengths("decoder", target_lengths + 1)
-                loss_att, accuracy = self.attention_loss(enc, enc_lengths, targets, target_lengths)
+        enc, enc_lengths = self.encode(feats, feats_lengths)
+        mark_real_frames(self.encoder, enc_lengths)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ctc_weight > 0):
+            loss_ctc = self.ctc.loss(enc, enc_lengths, targets, target_lengths)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ctc_weight < 1):
+            loss_att, accuracy = self.attention_loss(enc, enc_lengths, targets, target_lengths)
+        mark_real_frames(self.decoder, target_lengths + 1)  # sos + tokens
         loss = cfg.ctc_weight * loss_ctc + (1 - cfg.ctc_weight) * loss_att
         out = {"loss": loss, "loss_ctc": loss_ctc, "loss_att": loss_att, "accuracy": accuracy}
-        if routers.parts:
-            loss_aux = sum(aux_weights[part] * routers.balance_loss(part) for part in routers.parts)
-            out["loss_aux"] = loss_aux
-            out["loss"] = loss + loss_aux
+        if return_encoded:
+            out.update(enc=enc, enc_lengths=enc_lengths)
+        weights = [
+            (self.encoder, cfg.encoder.ffn.aux_loss_weight),
+            (self.decoder, cfg.decoder.ffn.aux_loss_weight),
+        ]
+        aux = [w * balance_loss(part) for part, w in weights if w > 0 and moe_layers(part)]
+        if aux:
+            out["loss_aux"] = sum(aux)
+            out["loss"] = loss + out["loss_aux"]
         return out
 
     def attention_loss(
@@ -202,60 +210,3 @@ def token_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     real = target != IGNORE_ID
     correct = (logits.argmax(dim=-1) == target) & real
     return (correct.sum() / real.sum().clamp(min=1)).detach()
-
-
-class _RouterRecorder:
-    """Collects router logits of the MoE layers of some model parts during one forward.
-
-    Used as a context manager: hooks are attached on entry and removed on exit, so a
-    model without an aux loss carries no hooks. Frames past each part's lengths
-    (padding) are left out of the balance statistics.
-    """
-
-    def __init__(self, model: U2Model, parts: list[str]):
-        self.parts = parts
-        self.layers = {
-            part: [m for m in getattr(model, part).modules() if isinstance(m, MoEFeedForward)]
-            for part in parts
-        }
-        self.parts = [part for part in parts if self.layers[part]]
-        self.logits: dict[str, list[torch.Tensor]] = {part: [] for part in self.parts}
-        self.lengths: dict[str, torch.Tensor] = {}
-        self.top_k = {part: self.layers[part][0].top_k for part in self.parts}
-        self.handles = []
-
-    def __enter__(self) -> "_RouterRecorder":
-        for part in self.parts:
-            for layer in self.layers[part]:
-                hook = self._hook(self.logits[part])
-                self.handles.append(layer.router.register_forward_hook(hook))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    @staticmethod
-    def _hook(store: list[torch.Tensor]):
-        return lambda module, inputs, output: store.append(output)
-
-    def set_lengths(self, part: str, lengths: torch.Tensor) -> None:
-        """Real frames of the part's FFN inputs, each (B, T): lengths (B,)."""
-        self.lengths[part] = lengths
-
-    def balance_loss(self, part: str) -> torch.Tensor:
-        """Switch Transformer's n_experts * sum_e f_e * P_e, averaged over layers: f_e the
-        fraction of routed slots that chose expert e, P_e its mean router probability.
-        1.0 when balanced."""
-        lengths = self.lengths[part]
-        losses = []
-        for logits in self.logits[part]:  # (B*T, E)
-            n_experts = logits.size(-1)
-            frames = logits.size(0) // lengths.numel()
-            real = ~make_pad_mask(lengths, frames).flatten()
-            logits = logits[real].float()
-            chosen = logits.topk(self.top_k[part], dim=-1).indices.flatten()
-            fraction = torch.bincount(chosen, minlength=n_experts).float() / chosen.numel()
-            probability = logits.softmax(dim=-1).mean(dim=0)
-            losses.append(n_experts * (fraction * probability).sum())
-        return torch.stack(losses).mean()

@@ -3,11 +3,8 @@
 import logging
 from pathlib import Path
 
-from u2moe.config import load_yaml, parse_section
-from u2moe.data.tokenizer import read_units
 from u2moe.errors import UserError
-from u2moe.model.config import ModelConfig
-from u2moe.model.io import save_model_dir
+from u2moe.model.io import read_model_config, save_model_dir
 from u2moe.model.u2 import U2Model
 from u2moe.train.checkpoint import average_checkpoints, best_records, read_index
 
@@ -28,9 +25,8 @@ def average_best(exp_dir: Path, num: int) -> list[Path]:
     if len(best) < num:
         log.warning("only %d checkpoint(s) with a dev loss in %s", len(best), ckpt_dir)
     paths = [ckpt_dir / r["file"] for r in best]
-    config = load_yaml(exp_dir / "config.yaml")
-    model = U2Model(parse_section(ModelConfig, config["model"], f"{exp_dir}/config.yaml: model"))
+    cfg, config, units = read_model_config(exp_dir)
+    model = U2Model(cfg)
     model.load_state_dict(average_checkpoints(paths))
-    units = read_units(exp_dir / "units.txt")
     save_model_dir(exp_dir, model, config, units)
     return paths

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, the best-N index by dev loss, and averaging.
+"""Training checkpoints: the best-N index by dev loss, and averaging (written atomically).
 
 An experiment keeps `checkpoints/step-<N>.pt` files and `checkpoints/index.json`, a list
 of `{"step", "file", "dev_loss"}` records, newest last. A checkpoint holds everything a
@@ -7,7 +7,7 @@ scheduler, step, epoch, data position and the RNG states of every rank.
 """
 
 import json
-import os
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -16,23 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from u2moe.data.files import save_torch_atomic, write_text_atomic
 from u2moe.errors import UserError
 from u2moe.model.io import torch_load
 
 INDEX = "index.json"
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it.
-
-    A crash mid-write leaves the old file (if any) untouched and only a stray `.tmp`.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+log = logging.getLogger("u2moe.train")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -94,10 +83,15 @@ def _as_tuples(value: Any) -> Any:
 
 
 def read_index(ckpt_dir: Path) -> list[dict[str, Any]]:
-    """The checkpoint records of an experiment, oldest first ([] when there are none)."""
+    """The checkpoint records of an experiment, oldest first ([] when there are none).
+
+    Without index.json but with step-<N>.pt files (the index lost, or deleted by hand),
+    the index is rebuilt from the files, so that no later save overwrites or deletes
+    a checkpoint the index does not know about.
+    """
     path = ckpt_dir / INDEX
     if not path.is_file():
-        return []
+        return rebuild_index(ckpt_dir)
     try:
         records = json.loads(path.read_text())
         assert isinstance(records, list) and all("file" in r and "step" in r for r in records)
@@ -106,11 +100,27 @@ def read_index(ckpt_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def rebuild_index(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """Records for the step-<N>.pt files of `ckpt_dir` (dev losses read from them), written
+    to index.json if there are any; [] if there are none."""
+    steps = sorted(
+        int(p.stem.removeprefix("step-"))
+        for p in ckpt_dir.glob("step-*.pt")
+        if p.stem.removeprefix("step-").isdigit()
+    )
+    if not steps:
+        return []
+    log.warning("%s: no %s; rebuilding it from %d checkpoint file(s)", ckpt_dir, INDEX, len(steps))
+    records = []
+    for step in steps:
+        ckpt = load_checkpoint(ckpt_dir / f"step-{step}.pt")
+        records.append({"step": step, "file": f"step-{step}.pt", "dev_loss": ckpt.get("dev_loss")})
+    write_index(ckpt_dir, records)
+    return records
+
+
 def write_index(ckpt_dir: Path, records: list[dict[str, Any]]) -> None:
-    path = ckpt_dir / INDEX
-    tmp = path.with_name(INDEX + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(ckpt_dir / INDEX, json.dumps(records, indent=1) + "\n")
 
 
 def best_records(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -130,7 +140,7 @@ def save_checkpoint(
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']}.pt"
-    atomic_torch_save(state, ckpt_dir / name)
+    save_torch_atomic(state, ckpt_dir / name)
     records = [r for r in read_index(ckpt_dir) if r["file"] != name]
     records.append({"step": state["step"], "file": name, "dev_loss": dev_loss})
     keep = {r["file"] for r in best_records(records, keep_best)} | {name}

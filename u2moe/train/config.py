@@ -18,7 +18,8 @@ class TrainConfig:
     max_steps: int = 0  # optimizer steps; 0: stop after max_epochs only
     seed: int = 777
     # auto: bf16 autocast on GPUs that support it, fp32 elsewhere (bf16 on CPU is slow).
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # fp16: fp16 autocast with dynamic loss scaling (GPUs without bf16; not with fsdp).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     log_interval: int = 50  # optimizer steps between log lines / TensorBoard points
     valid_interval: int = 0  # optimizer steps between dev evaluations; 0: end of each epoch
     keep_best: int = 10  # checkpoints kept, ranked by dev loss (the latest is always kept)

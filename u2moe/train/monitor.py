@@ -9,11 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from u2moe.model.moe import MoEFeedForward
+from u2moe.data.files import append_text, write_text_atomic
+from u2moe.model.moe import ExpertCounts
 
 
 class MetricsLog:
@@ -28,17 +28,14 @@ class MetricsLog:
         if self.path.is_file():
             lines = self.path.read_text().splitlines()
             kept = [line for line in lines if json.loads(line)["step"] <= start_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         purge = start_step + 1 if start_step else None
         self.writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        append_text(self.path, json.dumps({"step": step, **scalars}) + "\n")
 
     def records(self) -> list[dict[str, float]]:
         if not self.path.is_file():
@@ -49,36 +46,8 @@ class MetricsLog:
         self.writer.close()
 
 
-class ExpertMonitor:
-    """Per-layer expert utilization: the fraction of frames each expert processed.
-
-    With top-k routing a frame visits k experts, so the fractions of a layer sum to k
-    (uniform routing gives k / n_experts each). Counts come from the MoE layers'
-    `expert_counts` buffers, accumulated since the last `reset`.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.layers = {
-            name: m for name, m in model.named_modules() if isinstance(m, MoEFeedForward)
-        }
-        for layer in self.layers.values():
-            layer.track_utilization = True
-
-    def __bool__(self) -> bool:
-        return bool(self.layers)
-
-    def fractions(self) -> dict[str, list[float]]:
-        """{layer name: [fraction of frames per expert]} (layers that saw no frames: zeros)."""
-        out = {}
-        for name, layer in self.layers.items():
-            counts = layer.expert_counts.double().cpu()
-            frames = counts.sum() / layer.top_k
-            out[name] = (counts / frames.clamp(min=1)).tolist()
-        return out
-
-    def reset(self) -> None:
-        for layer in self.layers.values():
-            layer.expert_counts.zero_()
+class ExpertMonitor(ExpertCounts):
+    """Expert utilization for the training logs: `ExpertCounts` plus the scalars logged."""
 
     def scalars(self, prefix: str) -> dict[str, float]:
         """Scalars `{prefix}/{layer}/{expert}` (fraction of frames) and, per layer,

@@ -8,6 +8,8 @@ import numpy as np
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+from u2moe.data.files import atomic_path  # noqa: E402
+
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(r["step"], r[key]) for r in records if key in r]
@@ -16,10 +18,11 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_losses(records: list[dict], path: Path) -> None:

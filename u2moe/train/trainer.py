@@ -16,8 +16,8 @@ stream: both run with the RNG states set aside.
 import contextlib
 import logging
 import math
-import shutil
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from u2moe.config import ConfigError, as_dict, load_yaml, parse_section, save_ya
 from u2moe.data.cmvn import load_cmvn
 from u2moe.data.config import DataConfig
 from u2moe.data.dataset import make_dataloader
+from u2moe.data.files import copy_file_atomic
 from u2moe.data.prepare import check_cmvn_features
 from u2moe.data.tokenizer import Tokenizer, load_tokenizer
 from u2moe.decode.scoring import ErrorCounts, word_errors
@@ -47,6 +48,7 @@ from u2moe.train.checkpoint import (
     set_rng_state,
 )
 from u2moe.train.config import TrainConfig
+from u2moe.train.lock import ExperimentLock
 from u2moe.train.monitor import (
     ExpertMonitor,
     MetricsLog,
@@ -70,15 +72,6 @@ class Sections:
     data: DataConfig
     train: TrainConfig
     raw: dict[str, Any]  # all sections, normalized (defaults filled in), as written to config.yaml
-
-
-@dataclass
-class Position:
-    """Where training is: optimizer steps taken, epoch, and position within the epoch."""
-
-    step: int = 0
-    epoch: int = 0
-    data: dict | None = None  # the train loader's state_dict; None: the epoch's start
 
 
 def resolve_config(config: dict[str, Any], name: str, tokenizer: Tokenizer) -> Sections:
@@ -156,206 +149,359 @@ def train(
             raise UserError(f"{path}: no such file")
     info = distributed.setup(device)
     try:
-        result = _train(
-            info, config, config_name, train_manifest, dev_manifest, data_dir, exp_dir,
-            resume, max_steps,
-        )  # fmt: skip
+        trainer = Trainer(info, config, config_name, data_dir, train_manifest, dev_manifest)
+        with ExperimentLock(exp_dir) if info.is_main else contextlib.nullcontext() as lock:
+            trainer.setup(exp_dir, resume, max_steps)
+            if lock and lock.stale_note():
+                log.warning(lock.stale_note())
+            trainer.run()
+            trainer.average()
         distributed.synchronize()
-        return result
+        return exp_dir
     finally:
         close_logging()
         distributed.cleanup()
 
 
-def _train(
-    info: distributed.DistInfo,
-    config: dict[str, Any],
-    config_name: str,
-    train_manifest: Path,
-    dev_manifest: Path,
-    data_dir: Path,
-    exp_dir: Path,
-    resume: bool,
-    max_steps: int | None,
-) -> Path:
-    # ---- inputs: config, units, experiment directory ----
-    data_cfg = parse_section(DataConfig, config.get("data"), f"{config_name}: data")
-    tokenizer = load_tokenizer(data_dir, data_cfg.tokenizer)
-    check_cmvn_features(data_dir, data_cfg.features, config_name)
-    cfg = resolve_config(config, config_name, tokenizer)
-    tc = cfg.train
-    resume_from = check_experiment(exp_dir, cfg.raw, resume)
-    if info.is_main:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg.raw, exp_dir / "config.yaml")
-        shutil.copyfile(data_dir / data_cfg.tokenizer.units, exp_dir / "units.txt")
-        if tokenizer.bpe is not None:
-            shutil.copyfile(data_dir / data_cfg.tokenizer.bpe_model, exp_dir / "bpe.model")
-    setup_logging(exp_dir / "train.log" if info.is_main else None)
-    total_steps = tc.max_steps if max_steps is None else max_steps
+@dataclass
+class TrainState:
+    """Everything a checkpoint saves and a resumed run restores.
 
-    # ---- model, optimizer, schedule ----
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = U2Model(cfg.model)
-    model.set_cmvn(*load_cmvn(data_dir / "global_cmvn"))
-    model.to(info.device)
-    monitor = ExpertMonitor(model)
-    wrapped = distributed.wrap(model, info, tc.strategy, ("ctc_log_probs",))
-    optimizer_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_cls(wrapped.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = WarmupLR(optimizer, tc.warmup_steps)
-    use_bf16 = tc.precision == "bf16" or (
-        tc.precision == "auto" and info.device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "model: %.2fM parameters, vocab %d, %s; %d process(es) on %s (%s), %s",
-        n_params / 1e6, cfg.model.vocab_size, "MoE" if monitor else "dense",
-        info.world_size, info.device, tc.strategy if info.enabled else "single",
-        "bf16 autocast" if use_bf16 else "fp32",
-    )  # fmt: skip
+    model: the model as trained (a DDP/FSDP2 wrapper, or the U2Model alone); scaler: fp16
+    loss scaling (a disabled GradScaler, with an empty state, in bf16 and fp32);
+    step: optimizer steps taken; epoch and data (the train loader's state_dict, None at
+    an epoch's start): where the data stream is; rng: this rank's RNG states right
+    after the last optimizer step (taken when saving, see `Trainer.save`).
+    """
 
-    # ---- resume ----
-    pos = Position()
-    torch.manual_seed(tc.seed + info.rank)  # different dropout and chunk draws per rank
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        distributed.load_states(wrapped, optimizer, ckpt["model"], ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        pos = Position(ckpt["step"], ckpt["epoch"], ckpt["data"])
-        if len(ckpt["rng"]) == info.world_size:
-            set_rng_state(ckpt["rng"][info.rank], model)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupLR
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    epoch: int = 0
+    data: dict | None = None
+    rng: dict[str, Any] | None = None
+
+    def checkpoint(self, dev_loss: float) -> dict[str, Any]:
+        """What step-<N>.pt holds (collective: every rank calls it; rng of every rank)."""
+        return {
+            "model": distributed.model_state(self.model),
+            "optimizer": distributed.optimizer_state(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "data": self.data,
+            "rng": distributed.all_gather_objects(self.rng),
+            "dev_loss": dev_loss,
+        }
+
+    def restore(self, ckpt: dict[str, Any], rank: int, world_size: int) -> None:
+        """Load a checkpoint's states; rng is this rank's (None: written by another number
+        of processes, whose random streams cannot be continued)."""
+        distributed.load_states(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):  # absent before fp16 training existed
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.data = ckpt["step"], ckpt["epoch"], ckpt["data"]
+        self.rng = ckpt["rng"][rank] if len(ckpt["rng"]) == world_size else None
+
+
+class Trainer:
+    """One process's share of a training run; its methods, in the order they run:
+
+    `setup` (experiment directory, model, optimizer, schedule, resume), `run` (epochs of
+    `step`s; `save` evaluates on dev with `evaluate` and writes a checkpoint), `average`
+    (the best checkpoints into model.pt, and the plots).
+    """
+
+    def __init__(
+        self,
+        info: distributed.DistInfo,
+        config: dict[str, Any],
+        config_name: str,
+        data_dir: Path,
+        train_manifest: Path,
+        dev_manifest: Path,
+    ):
+        """Read the config and the units; writes nothing (a bad config leaves no files)."""
+        self.info, self.data_dir = info, data_dir
+        self.train_manifest, self.dev_manifest = train_manifest, dev_manifest
+        data_cfg = parse_section(DataConfig, config.get("data"), f"{config_name}: data")
+        self.tokenizer = load_tokenizer(data_dir, data_cfg.tokenizer)
+        check_cmvn_features(data_dir, data_cfg.features, config_name)
+        self.cfg = resolve_config(config, config_name, self.tokenizer)
+        self.precision = resolve_precision(self.cfg.train, info)
+
+    # ---- setup ----
+    def setup(self, exp_dir: Path, resume: bool, max_steps: int | None) -> None:
+        """The experiment directory, the model and its training state (restored on resume)."""
+        info, cfg, tc = self.info, self.cfg, self.cfg.train
+        self.exp_dir = exp_dir
+        self.total_steps = tc.max_steps if max_steps is None else max_steps
+        resume_from = check_experiment(exp_dir, cfg.raw, resume)
+        if info.is_main:
+            self.write_experiment_files()
+        setup_logging(exp_dir / "train.log" if info.is_main else None)
+
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
+        self.model = U2Model(cfg.model)
+        self.model.set_cmvn(*load_cmvn(self.data_dir / "global_cmvn"))
+        self.model.to(info.device)
+        self.monitor = ExpertMonitor(self.model)
+        wrapped = distributed.wrap(self.model, info, tc.strategy, ("ctc_log_probs",))
+        optimizer_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_cls(wrapped.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        scaler = torch.amp.GradScaler(info.device.type, enabled=self.precision == "fp16")
+        scheduler = WarmupLR(optimizer, tc.warmup_steps)
+        self.state = TrainState(wrapped, optimizer, scheduler, scaler)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.autocast = torch.autocast(info.device.type, dtype=dtype, enabled=dtype is not None)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "model: %.2fM parameters, vocab %d, %s; %d process(es) on %s (%s), %s",
+            n_params / 1e6, cfg.model.vocab_size, "MoE" if self.monitor else "dense",
+            info.world_size, info.device, tc.strategy if info.enabled else "single",
+            PRECISION_NOTES[self.precision],
+        )  # fmt: skip
+
+        torch.manual_seed(tc.seed + info.rank)  # different dropout and chunk draws per rank
+        self.resumed = resume_from is not None
+        if self.resumed:
+            self.restore(resume_from)
+        elif resume:
+            log.info("--resume: %s has no checkpoint yet, starting from step 0", exp_dir)
+        self.metrics = MetricsLog(exp_dir, self.state.step) if info.is_main else None
+        self.dev_loader = make_dataloader(
+            self.dev_manifest, cfg.data, self.tokenizer, train=False, seed=tc.seed, epoch=0,
+            rank=info.rank, world_size=info.world_size,
+        )  # fmt: skip
+
+    def write_experiment_files(self) -> None:
+        """config.yaml and the units (and bpe.model) beside the checkpoints (rank 0)."""
+        tokenizer_cfg = self.cfg.data.tokenizer
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(self.cfg.raw, self.exp_dir / "config.yaml")
+        copy_file_atomic(self.data_dir / tokenizer_cfg.units, self.exp_dir / "units.txt")
+        if self.tokenizer.bpe is not None:
+            copy_file_atomic(self.data_dir / tokenizer_cfg.bpe_model, self.exp_dir / "bpe.model")
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.state.restore(ckpt, self.info.rank, self.info.world_size)
+        if self.state.rng is not None:
+            set_rng_state(self.state.rng, self.model)
         else:
             log.warning(
                 "the checkpoint was written by %d process(es), this run has %d: the data "
                 "shards and random streams differ, so the run will not repeat exactly",
-                len(ckpt["rng"]), info.world_size,
+                len(ckpt["rng"]), self.info.world_size,
             )  # fmt: skip
-        log.info("resumed from %s: step %d, epoch %d", resume_from, pos.step, pos.epoch)
-    elif resume:
-        log.info("--resume: %s has no checkpoint yet, starting from step 0", exp_dir)
-    metrics = MetricsLog(exp_dir, pos.step) if info.is_main else None
-    dev_loader = make_dataloader(
-        dev_manifest, cfg.data, tokenizer, train=False, seed=tc.seed, epoch=0,
-        rank=info.rank, world_size=info.world_size,
-    )  # fmt: skip
-
-    def validate_and_checkpoint() -> None:
-        train_rng = rng_state(model)
-        monitor.reset()
-        dev = evaluate(wrapped, model, dev_loader, tokenizer, info, autocast)
-        dev_fractions = monitor.scalars("dev_experts")
-        monitor.reset()
-        set_rng_state(train_rng, model)
-        state = {
-            "model": distributed.model_state(wrapped),
-            "optimizer": distributed.optimizer_state(wrapped, optimizer),
-            "scheduler": scheduler.state_dict(),
-            **vars(pos),
-            "rng": distributed.all_gather_objects(train_rng),
-            "dev_loss": dev["loss"],
-        }
-        if info.is_main:
-            path = save_checkpoint(exp_dir / "checkpoints", state, dev["loss"], tc.keep_best)
-            metrics.log(pos.step, {f"dev/{k}": v for k, v in dev.items()} | dev_fractions)
-            log.info(
-                "step %d dev: loss %.3f (ctc %.3f, att %.3f), WER %.2f%% -> %s",
-                pos.step, dev["loss"], dev["loss_ctc"], dev["loss_att"], dev["wer"], path.name,
-            )  # fmt: skip
-        distributed.barrier()
+        log.info("resumed from %s: step %d, epoch %d", path, self.state.step, self.state.epoch)
 
     # ---- the loop ----
-    bar = progress(
-        total=total_steps or None, initial=pos.step, unit="step", disable=not info.is_main,
-        desc="train",
-    )  # fmt: skip
-    window = Window(info.device)
-    last_checkpoint_step = pos.step if resume_from is not None else -1
-    done = bool(total_steps) and pos.step >= total_steps
-    while not done and pos.epoch < tc.max_epochs:
-        loader = make_dataloader(
-            train_manifest, cfg.data, tokenizer, train=True, seed=tc.seed, epoch=pos.epoch,
-            rank=info.rank, world_size=info.world_size,
+    def run(self) -> None:
+        """Epochs until train.max_steps (or --max-steps) or train.max_epochs; the last
+        state is always checkpointed."""
+        state, tc = self.state, self.cfg.train
+        self.bar = progress(
+            total=self.total_steps or None, initial=state.step, unit="step",
+            disable=not self.info.is_main, desc="train",
         )  # fmt: skip
-        if pos.data is not None:
-            loader.load_state_dict(pos.data)  # skip what was consumed before the checkpoint
-        wrapped.train()
-        optimizer.zero_grad(set_to_none=True)
+        self.window = Window(self.info.device)
+        self.last_saved = state.step if self.resumed else -1
+        done = self.finished()
+        try:
+            while not done and state.epoch < tc.max_epochs:
+                done = self.train_epoch()
+        finally:
+            self.bar.close()  # before any error message
+        if self.last_saved != state.step:
+            self.save()
+
+    def finished(self) -> bool:
+        return bool(self.total_steps) and self.state.step >= self.total_steps
+
+    def train_epoch(self) -> bool:
+        """The rest of the current epoch (from the saved data position); True when the step
+        budget ran out within it."""
+        state, tc, info = self.state, self.cfg.train, self.info
+        loader = make_dataloader(
+            self.train_manifest, self.cfg.data, self.tokenizer, train=True, seed=tc.seed,
+            epoch=state.epoch, rank=info.rank, world_size=info.world_size,
+        )  # fmt: skip
+        if state.data is not None:
+            loader.load_state_dict(state.data)  # skip what was consumed before the checkpoint
+        state.model.train()
+        state.optimizer.zero_grad(set_to_none=True)
         for batch, _ in distributed.lockstep(rng_neutral(loader), info.device, pad=False):
-            pos.data = loader.state_dict()
-            sync = loader.batches % tc.accum_grad == 0
-            with distributed.gradient_sync(wrapped, sync):
-                with autocast:
-                    out = wrapped(*to_device(batch, info.device))
-                (out["loss"] / tc.accum_grad).backward()
-            window.add(out, batch)
-            if not sync:
+            state.data = loader.state_dict()
+            if not self.step(batch, sync=loader.batches % tc.accum_grad == 0):
                 continue
+            if state.step % tc.log_interval == 0:
+                self.log_window()
+            if tc.valid_interval and state.step % tc.valid_interval == 0:
+                self.save()
+            if self.finished():
+                return True
+        state.epoch, state.data = state.epoch + 1, None
+        log.info("epoch %d done (step %d)", state.epoch - 1, state.step)
+        if not self.total_steps:  # the bar's total, estimated from the epochs so far
+            self.bar.total = round(state.step / state.epoch * tc.max_epochs)
+            self.bar.refresh()
+        if not tc.valid_interval:
+            self.save()
+        return False
 
-            grad_norm = clip_gradients(wrapped, tc.grad_clip)
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                log.warning("step %d: gradient norm is %s, update skipped", pos.step + 1, grad_norm)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            pos.step += 1
-            lr = scheduler.get_last_lr()[0]
-            window.note_step(grad_norm)
-            bar.update()
-
-            if pos.step % tc.log_interval == 0:
-                scalars = window.flush(lr)
-                bar.set_postfix(
-                    loss=f"{scalars['train/loss']:.3f}", lr=f"{lr:.2e}",
-                    fps=f"{scalars['train/frames_per_second']:.0f}",
-                )  # fmt: skip
-                utilization = monitor.scalars("experts")
-                monitor.reset()
-                if metrics:
-                    metrics.log(pos.step, scalars | utilization)
-                    log.info(
-                        "epoch %d step %d: loss %.3f (ctc %.3f, att %.3f), acc %.3f, lr %.2e, "
-                        "grad norm %.2f, %.0f frames/s%s",
-                        pos.epoch, pos.step, scalars["train/loss"], scalars["train/loss_ctc"],
-                        scalars["train/loss_att"], scalars["train/accuracy"], lr,
-                        scalars["train/grad_norm"], scalars["train/frames_per_second"],
-                        imbalance_note(utilization),
-                    )  # fmt: skip
-            if tc.valid_interval and pos.step % tc.valid_interval == 0:
-                validate_and_checkpoint()
-                last_checkpoint_step = pos.step
-            if total_steps and pos.step >= total_steps:
-                done = True
-                break
+    def step(self, batch: dict[str, Any], sync: bool) -> bool:
+        """Forward and backward one batch; with `sync` (the last batch of an accumulation),
+        also clip, update and advance the schedule. Returns whether it updated."""
+        state, tc = self.state, self.cfg.train
+        with distributed.gradient_sync(state.model, sync):
+            with self.autocast:
+                out = state.model(*to_device(batch, self.info.device))
+            state.scaler.scale(out["loss"] / tc.accum_grad).backward()
+        self.monitor.add()
+        self.window.add(out, batch)
+        if not sync:
+            return False
+        state.scaler.unscale_(state.optimizer)  # no-op unless fp16
+        grad_norm = clip_gradients(state.model, tc.grad_clip)
+        if math.isfinite(grad_norm):
+            state.scaler.step(state.optimizer)
+        elif state.scaler.is_enabled():  # fp16 overflow: the scale goes down, no update
+            log.info("step %d: fp16 gradients overflowed, update skipped", state.step + 1)
         else:
-            pos.epoch, pos.data = pos.epoch + 1, None
-            log.info("epoch %d done (step %d)", pos.epoch - 1, pos.step)
-            if not total_steps:  # the bar's total, estimated from the epochs so far
-                bar.total = round(pos.step / pos.epoch * tc.max_epochs)
-                bar.refresh()
-            if not tc.valid_interval:
-                validate_and_checkpoint()
-                last_checkpoint_step = pos.step
-    bar.close()
-    if last_checkpoint_step != pos.step:
-        validate_and_checkpoint()
+            log.warning("step %d: gradient norm is %s, update skipped", state.step + 1, grad_norm)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # a skipped update still advances the schedule
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            state.scheduler.step()
+        state.step += 1
+        self.window.note_step(grad_norm)
+        self.bar.update()
+        return True
 
-    # ---- the final model and the plots ----
-    if info.is_main:
-        used = average_best(exp_dir, tc.average_num)
-        log.info("model.pt: average of %s", ", ".join(p.name for p in used))
-        records = metrics.records()
-        plot_losses(records, exp_dir / "plots" / "loss.png")
-        dev_util = fractions_from_record(records, "dev_experts")
-        if dev_util:
-            title = f"expert utilization on dev (step {pos.step})"
-            plot_expert_heatmap(dev_util, exp_dir / "plots" / "experts.png", title)
-        metrics.close()
-        log.info("done: %s is a model directory (decode it with u2moe decode --model)", exp_dir)
-    distributed.barrier()
-    return exp_dir
+    def log_window(self) -> None:
+        """Means since the last log point to the bar, TensorBoard, metrics.jsonl and the log."""
+        state = self.state
+        lr = state.scheduler.get_last_lr()[0]
+        scalars = self.window.flush(lr)
+        self.bar.set_postfix(
+            loss=f"{scalars['train/loss']:.3f}", lr=f"{lr:.2e}",
+            fps=f"{scalars['train/frames_per_second']:.0f}",
+        )  # fmt: skip
+        utilization = self.monitor.scalars("experts")
+        self.monitor.reset()
+        if self.metrics:
+            self.metrics.log(state.step, scalars | utilization)
+            log.info(
+                "epoch %d step %d: loss %.3f (ctc %.3f, att %.3f), acc %.3f, lr %.2e, "
+                "grad norm %.2f, %.0f frames/s%s",
+                state.epoch, state.step, scalars["train/loss"], scalars["train/loss_ctc"],
+                scalars["train/loss_att"], scalars["train/accuracy"], lr,
+                scalars["train/grad_norm"], scalars["train/frames_per_second"],
+                imbalance_note(utilization),
+            )  # fmt: skip
+
+    # ---- evaluation and checkpoints ----
+    def save(self) -> None:
+        """Evaluate on dev, then write checkpoints/step-<N>.pt (rank 0) and log the result.
+
+        The RNG states are taken before evaluating and put back after it, so that
+        validation never shifts the training's random streams.
+        """
+        state = self.state
+        state.rng = rng_state(self.model)
+        self.monitor.reset()
+        dev = self.evaluate()
+        dev_fractions = self.monitor.scalars("dev_experts")
+        self.monitor.reset()
+        set_rng_state(state.rng, self.model)
+        checkpoint = state.checkpoint(dev["loss"])
+        if self.info.is_main:
+            keep = self.cfg.train.keep_best
+            path = save_checkpoint(self.exp_dir / "checkpoints", checkpoint, dev["loss"], keep)
+            self.metrics.log(state.step, {f"dev/{k}": v for k, v in dev.items()} | dev_fractions)
+            log.info(
+                "step %d dev: loss %.3f (ctc %.3f, att %.3f), WER %.2f%% -> %s",
+                state.step, dev["loss"], dev["loss_ctc"], dev["loss_att"], dev["wer"], path.name,
+            )  # fmt: skip
+        self.last_saved = state.step
+        distributed.barrier()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Dev losses (means over utterances) and the CTC greedy WER (%), over all ranks."""
+        wrapped, info = self.state.model, self.info
+        wrapped.eval()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_ctc, loss_att (x utts), utts
+        errors = ErrorCounts()
+        for batch, real in distributed.lockstep(self.dev_loader, info.device, pad=True):
+            feats, feats_lengths, targets, target_lengths = to_device(batch, info.device)
+            with self.autocast:
+                # The loss forward's encoder output (full context in eval mode) also gives
+                # the greedy hypotheses: no second encoder pass.
+                out = wrapped(feats, feats_lengths, targets, target_lengths, return_encoded=True)
+                log_probs = self.model.ctc_log_probs(out["enc"])
+            if not real:
+                continue
+            self.monitor.add()
+            n = len(batch["keys"])
+            losses = [float(out[k]) * n for k in ("loss", "loss_ctc", "loss_att")]
+            sums += torch.tensor([*losses, n], dtype=torch.float64)
+            hyps = ctc_greedy_search(log_probs.float(), out["enc_lengths"])
+            for hyp, ref, length in zip(hyps, targets, target_lengths, strict=True):
+                ref_text = self.tokenizer.decode(ref[:length].tolist())
+                errors += word_errors(ref_text, self.tokenizer.decode(hyp.tokens))
+        counts = torch.tensor([errors.errors, errors.ref_length], dtype=torch.float64)
+        sums = distributed.all_reduce_sum(sums.to(info.device)).cpu()
+        counts = distributed.all_reduce_sum(counts.to(info.device)).cpu()
+        wrapped.train()
+        utts = sums[3].clamp(min=1)
+        return {
+            "loss": float(sums[0] / utts),
+            "loss_ctc": float(sums[1] / utts),
+            "loss_att": float(sums[2] / utts),
+            "wer": 100.0 * float(counts[0] / counts[1].clamp(min=1)),
+        }
+
+    # ---- the final model ----
+    def average(self) -> None:
+        """model.pt from the best checkpoints, and the plots (rank 0)."""
+        if self.info.is_main:
+            exp_dir = self.exp_dir
+            used = average_best(exp_dir, self.cfg.train.average_num)
+            log.info("model.pt: average of %s", ", ".join(p.name for p in used))
+            records = self.metrics.records()
+            plot_losses(records, exp_dir / "plots" / "loss.png")
+            dev_util = fractions_from_record(records, "dev_experts")
+            if dev_util:
+                title = f"expert utilization on dev (step {self.state.step})"
+                plot_expert_heatmap(dev_util, exp_dir / "plots" / "experts.png", title)
+            self.metrics.close()
+            log.info("done: %s is a model directory (decode it with u2moe decode --model)", exp_dir)
+        distributed.barrier()
+
+
+PRECISION_NOTES = {
+    "fp32": "fp32",
+    "bf16": "bf16 autocast",
+    "fp16": "fp16 autocast with loss scaling",
+}
+
+
+def resolve_precision(tc: TrainConfig, info: distributed.DistInfo) -> str:
+    """train.precision as run here: "fp32", "bf16" or "fp16" ("auto": bf16 on GPUs that
+    support it, fp32 elsewhere)."""
+    if tc.precision == "auto":
+        bf16 = info.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if bf16 else "fp32"
+    if tc.precision == "fp16" and info.enabled and tc.strategy == "fsdp":
+        raise UserError("train.precision fp16 is not supported with strategy fsdp; use bf16")
+    return tc.precision
 
 
 class Window:
@@ -429,51 +575,3 @@ def imbalance_note(utilization: dict[str, float]) -> str:
         return ""
     mean = sum(ratios) / len(ratios)
     return f", busiest expert {mean:.1f}x uniform (worst layer {max(ratios):.1f}x)"
-
-
-@torch.no_grad()
-def evaluate(
-    wrapped: torch.nn.Module,
-    model: U2Model,
-    loader,
-    tokenizer: Tokenizer,
-    info: distributed.DistInfo,
-    autocast: contextlib.AbstractContextManager,
-) -> dict[str, float]:
-    """Dev losses (means over utterances) and the CTC greedy WER (%), over all ranks' shards."""
-    wrapped.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_ctc, loss_att (x utts), utts
-    errors = ErrorCounts()
-    # The loss forward runs the encoder (full context in eval mode); its output, caught
-    # here, gives the greedy hypotheses without a second encoder pass.
-    encoded = {}
-    hook = model.encoder.register_forward_hook(lambda m, args, out: encoded.update(out=out))
-    try:
-        for batch, real in distributed.lockstep(loader, info.device, pad=True):
-            feats, feats_lengths, targets, target_lengths = to_device(batch, info.device)
-            with autocast:
-                out = wrapped(feats, feats_lengths, targets, target_lengths)
-                enc, enc_mask = encoded.pop("out")
-                log_probs = model.ctc_log_probs(enc)
-            if not real:
-                continue
-            n = len(batch["keys"])
-            losses = [float(out[k]) * n for k in ("loss", "loss_ctc", "loss_att")]
-            sums += torch.tensor([*losses, n], dtype=torch.float64)
-            hyps = ctc_greedy_search(log_probs.float(), enc_mask.squeeze(1).sum(dim=1))
-            for hyp, ref, length in zip(hyps, targets, target_lengths, strict=True):
-                ref_text = tokenizer.decode(ref[:length].tolist())
-                errors += word_errors(ref_text, tokenizer.decode(hyp.tokens))
-    finally:
-        hook.remove()
-    counts = torch.tensor([errors.errors, errors.ref_length], dtype=torch.float64)
-    sums = distributed.all_reduce_sum(sums.to(info.device)).cpu()
-    counts = distributed.all_reduce_sum(counts.to(info.device)).cpu()
-    wrapped.train()
-    utts = sums[3].clamp(min=1)
-    return {
-        "loss": float(sums[0] / utts),
-        "loss_ctc": float(sums[1] / utts),
-        "loss_att": float(sums[2] / utts),
-        "wer": 100.0 * float(counts[0] / counts[1].clamp(min=1)),
-    }
