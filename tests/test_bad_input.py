@@ -20,13 +20,13 @@ from train_data import CONFIG, make_prepared_dir  # noqa: I001 (tests/ helper)
 
 import u2moe
 from u2moe.cli import main
-from u2moe.config import load_yaml
+from u2moe.config import load_yaml, parse_section
 from u2moe.data.audio import AudioError
 from u2moe.data.config import BatchConfig, DataConfig
 from u2moe.data.dataset import make_dataloader
 from u2moe.data.tokenizer import load_tokenizer
 from u2moe.errors import UserError
-from u2moe.model.config import DecoderConfig, EncoderConfig, ModelConfig
+from u2moe.model.config import ModelConfig
 from u2moe.model.io import save_model_dir
 from u2moe.model.u2 import U2Model
 
@@ -48,14 +48,11 @@ def write_jsonl(path: Path, lines: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """A tiny model directory, good and bad audio, manifests and configs."""
+    """A model directory of configs/tiny.yaml, good and bad audio, a FIFO, a folder."""
     root = tmp_path_factory.mktemp("bad_input")
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=len(UNITS),
-        encoder=EncoderConfig(d_model=32, n_heads=2, d_ff=32, n_layers=1, kernel_size=3),
-        decoder=DecoderConfig(n_heads=2, d_ff=32, n_layers=1, n_r2l_layers=1),
-    )
+    tiny = {**load_yaml(CONFIG)["model"], "vocab_size": len(UNITS)}
+    cfg = parse_section(ModelConfig, tiny, f"{CONFIG}: model")
     config = {"data": {}, "decode": {"modes": ["ctc_greedy_search"], "beam_size": 2}}
     save_model_dir(root / "model", U2Model(cfg).eval(), config, UNITS)
     sf.write(root / "good.wav", tone(1.0), 16000)
