@@ -142,10 +142,15 @@ def test_command_arguments_are_checked_before_any_work(root, capsys):
          "argument --order"),
         (["train", "--config", CONFIG, "--data", root, "--exp", root / "existing.txt"],
          "existing.txt is a file"),
+        (["train", "--config", good, "--data", root, "--exp", root / "e"],
+         "good.wav: not a YAML config"),
+        (["decode", "--model", model, "--data", good, "--out", root / "d"],
+         "good.wav: not a text manifest (binary data; an audio file?)"),
+        (["prepare", "--train", good, "--dev", good, "--out", root / "p"], "good.wav: not a text"),
     ]  # fmt: skip
     for argv, names in cases:
         assert_refused(argv, capsys, root, names)
-    assert not (root / "d").exists() and not (root / "c").exists()
+    assert not any((root / name).exists() for name in ("c", "d", "e", "p"))
 
 
 @pytest.mark.parametrize(
