@@ -12,6 +12,7 @@ in memory. An entry that cannot be used is a `BadEntry` (key and reason), never 
 """
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -192,8 +193,8 @@ def _segment_problem(start: float, end: float | None) -> str:
 def _optional_float(value) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(value)  # JSON may hold NaN and Infinity
     return float(value)
 
 
