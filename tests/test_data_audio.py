@@ -122,6 +122,8 @@ def test_segments_outside_the_audio_are_errors(tmp_path):
             (-0.5, 1.0, "invalid segment"),
             (1.5, 1.0, "invalid segment"),
             (1.0, 1.0, "invalid segment"),
+            (float("nan"), None, "invalid segment"),
+            (0.5, float("inf"), "invalid segment"),
         ]:
             with pytest.raises(AudioError) as error:
                 load_audio(source, start, end)

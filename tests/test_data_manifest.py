@@ -131,29 +131,36 @@ def test_wrong_types_segments_and_spaces_are_named(tmp_path):
             {"key": "noaudio", "audio": "", "text": "x"},
             {"key": "neg", "wav": "a.wav", "txt": "x", "start": -1.0, "end": 2.0},
             {"key": "backwards", "wav": "a.wav", "txt": "x", "start": 3.0, "end": 2.0},
+            '{"key": "nan", "wav": "a.wav", "txt": "x", "start": NaN, "end": 2.0}',
+            '{"key": "inf", "wav": "a.wav", "txt": "x", "duration": Infinity}',
             {"key": "spaces", "audio": "a.wav", "text": "  two   words \t"},
         ],
     )
     entries = list(Manifest(tmp_path / "m.jsonl"))
-    assert [(e.key, e.reason) for e in entries[:5]] == [
+    assert [(e.key, e.reason) for e in entries[:7]] == [
         ("num", "field 'text' is not a string"),
         ("m.jsonl:2", "field 'key' is not a string"),
         ("noaudio", "field 'audio' is empty"),
         ("neg", "invalid segment"),
         ("backwards", "invalid segment"),
+        ("nan", "invalid duration/start/end"),
+        ("inf", "invalid duration/start/end"),
     ]
-    assert entries[5].text == "two words"
+    assert entries[7].text == "two words"
 
 
 def test_kaldi_segments_outside_the_recording_and_spaces(tmp_path):
     (tmp_path / "wav.scp").write_text("rec a.wav\n")
-    (tmp_path / "text").write_text("s1 hello   world\ns2 x\ns3 y\n")
-    (tmp_path / "segments").write_text("s1 rec 0.0 1.0\ns2 rec -0.5 1.0\ns3 rec 2.0 1.5\n")
+    (tmp_path / "text").write_text("s1 hello   world\ns2 x\ns3 y\ns4 z\n")
+    (tmp_path / "segments").write_text(
+        "s1 rec 0.0 1.0\ns2 rec -0.5 1.0\ns3 rec 2.0 1.5\ns4 rec nan 1.0\n"
+    )
     entries = list(Manifest(tmp_path))
     assert entries[0].text == "hello world"
     assert [(e.key, e.reason) for e in entries[1:]] == [
         ("s2", "invalid segment"),
         ("s3", "invalid segment"),
+        ("s4", "invalid segment"),
     ]
 
 

@@ -6,6 +6,7 @@ A Kaldi `wav.scp` entry may also be a shell command ending in `|` that writes au
 
 import io
 import logging
+import math
 import re
 import stat
 import subprocess
@@ -108,8 +109,9 @@ def check_sample_rate(name: str, rate) -> None:
 
 
 def check_segment(name: str, start: float, end: float | None) -> None:
-    """AudioError unless 0 <= start < end (end None: the end of the audio)."""
-    if start < 0 or (end is not None and end <= start):
+    """AudioError unless 0 <= start < end, both finite (end None: the end of the audio)."""
+    end_ok = end is None or (math.isfinite(end) and end > start)
+    if not (math.isfinite(start) and start >= 0 and end_ok):
         raise AudioError(name, "invalid segment", f"start {start} s, end {end} s")
 
 

@@ -12,6 +12,7 @@ in memory. An entry that cannot be used is a `BadEntry` (key and reason), never 
 """
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ class Manifest:
             self._entries = _read_kaldi_dir(self.path)
             self._offsets = None
         elif self.path.is_file():
+            _check_text(self.path)
             self._entries = None
             self._offsets, self._line_numbers = _index_lines(self.path)
         else:
@@ -111,6 +113,13 @@ def check_unique_keys(manifest: Manifest) -> None:
             f"{manifest.path}: duplicated keys {', '.join(repeated[:5])}{more}; "
             "give every utterance its own key"
         )
+
+
+def _check_text(path: Path) -> None:
+    """A manifest is text (never a NUL byte); an audio file in its place is named as such."""
+    with path.open("rb") as f:
+        if b"\0" in f.read(4096):
+            raise UserError(f"{path}: not a text manifest (binary data; an audio file?)")
 
 
 def _index_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -184,8 +193,8 @@ def _segment_problem(start: float, end: float | None) -> str:
 def _optional_float(value) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(value)  # JSON may hold NaN and Infinity
     return float(value)
 
 
