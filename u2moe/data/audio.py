@@ -63,6 +63,24 @@ def load_audio(path: str | Path, start: float = 0.0, end: float | None = None) -
             )
         except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
             raise AudioError(spec, "unreadable audio", str(e).splitlines()[0]) from None
+    return _to_mono_16k(samples, rate, spec)
+
+
+def decode_audio(data: bytes, name: str) -> np.ndarray:
+    """The contents of an audio file (a tar shard member) as `load_audio` returns a file.
+
+    name: where the bytes came from, for error messages.
+    """
+    try:
+        _check_complete(name, sf.info(io.BytesIO(data)))
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
+        raise AudioError(name, "unreadable audio", str(e).splitlines()[0]) from None
+    return _to_mono_16k(samples, rate, name)
+
+
+def _to_mono_16k(samples: np.ndarray, rate: int, spec: str) -> np.ndarray:
+    """(N, channels) at `rate` -> (N',) mono at 16 kHz; AudioError for empty or low-rate audio."""
     if samples.shape[0] == 0:
         raise AudioError(spec, "empty audio")
     if rate < MIN_SAMPLE_RATE:
