@@ -3,12 +3,22 @@
 from pathlib import Path
 
 from u2moe.config import load_yaml
+from u2moe.data.manifest import DATA_TYPES
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="YAML with model/data/train")
-    parser.add_argument("--train", type=Path, help="training manifest (default: DATA/train.jsonl)")
+    parser.add_argument(
+        "--train", type=Path, help="training manifest or shard list (default: DATA/train.jsonl)"
+    )
     parser.add_argument("--dev", type=Path, help="dev manifest (default: DATA/dev.jsonl)")
+    parser.add_argument(
+        "--data-type",
+        choices=["auto", *DATA_TYPES],
+        default="auto",
+        help="raw (manifest, data.list, Kaldi dir), shard (tar shard list), lhotse (cuts); "
+        "default: told from the files",
+    )
     parser.add_argument(
         "--data",
         type=Path,
@@ -44,5 +54,6 @@ def main(args) -> int:
         max_steps=args.max_steps,
         device=args.device,
         config_name=str(args.config),
+        data_type=args.data_type,
     )
     return 0

@@ -144,11 +144,13 @@ def train(
     max_steps: int | None = None,
     device: str = "auto",
     config_name: str = "config",
+    data_type: str = "auto",
 ) -> Path:
     """Train (or continue) the experiment in `exp_dir`; returns `exp_dir`, a model directory.
 
     data_dir: the prepared data directory (units.txt, optional bpe.model, global_cmvn).
     max_steps: overrides train.max_steps (the total, counted from the first step).
+    data_type: of both manifests, `raw`, `shard`, `lhotse` or `auto` (make_dataloader).
     Under torchrun every process calls this; rank 0 alone writes files.
     """
     for path in (train_manifest, dev_manifest, data_dir / "global_cmvn"):
@@ -158,7 +160,7 @@ def train(
     try:
         result = _train(
             info, config, config_name, train_manifest, dev_manifest, data_dir, exp_dir,
-            resume, max_steps,
+            resume, max_steps, data_type,
         )  # fmt: skip
         distributed.synchronize()
         return result
@@ -177,6 +179,7 @@ def _train(
     exp_dir: Path,
     resume: bool,
     max_steps: int | None,
+    data_type: str,
 ) -> Path:
     # ---- inputs: config, units, experiment directory ----
     data_cfg = parse_section(DataConfig, config.get("data"), f"{config_name}: data")
@@ -238,7 +241,7 @@ def _train(
     metrics = MetricsLog(exp_dir, pos.step) if info.is_main else None
     dev_loader = make_dataloader(
         dev_manifest, cfg.data, tokenizer, train=False, seed=tc.seed, epoch=0,
-        rank=info.rank, world_size=info.world_size,
+        rank=info.rank, world_size=info.world_size, data_type=data_type,
     )  # fmt: skip
 
     def validate_and_checkpoint() -> None:
@@ -276,7 +279,7 @@ def _train(
     while not done and pos.epoch < tc.max_epochs:
         loader = make_dataloader(
             train_manifest, cfg.data, tokenizer, train=True, seed=tc.seed, epoch=pos.epoch,
-            rank=info.rank, world_size=info.world_size,
+            rank=info.rank, world_size=info.world_size, data_type=data_type,
         )  # fmt: skip
         if pos.data is not None:
             loader.load_state_dict(pos.data)  # skip what was consumed before the checkpoint
