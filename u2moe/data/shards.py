@@ -74,6 +74,8 @@ class ShardList:
         self.entries = [line.strip() for line in lines if line.strip()]
         if not self.entries:
             raise UserError(f"{self.path}: the shard list is empty")
+        if self.entries[0].startswith("{"):
+            raise UserError(f"{self.path}: a JSON-lines manifest, not a shard list")
 
     def __len__(self) -> int:
         return len(self.entries)
