@@ -7,7 +7,19 @@ OUT/shards.list (one absolute path per line), which `prepare`, `train` and WeNet
 import logging
 import os
 
+from u2moe.data.manifest import DATA_TYPES
 from u2moe.data.shards import write_shards
+
+
+def add_data_type_argument(parser) -> None:
+    """`--data-type` for the commands that read data sets (prepare, train)."""
+    parser.add_argument(
+        "--data-type",
+        choices=["auto", *DATA_TYPES],
+        default="auto",
+        help="of every set: raw (manifest, data.list, Kaldi dir), shard (tar shard list), "
+        "lhotse (cuts); default: told apart per set from its file",
+    )
 
 
 def add_arguments(parser) -> None:

@@ -2,23 +2,21 @@
 
 from pathlib import Path
 
+from u2moe.commands.shard import add_data_type_argument
 from u2moe.config import load_yaml
-from u2moe.data.manifest import DATA_TYPES
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="YAML with model/data/train")
     parser.add_argument(
-        "--train", type=Path, help="training manifest or shard list (default: DATA/train.jsonl)"
+        "--train",
+        type=Path,
+        help="training manifest or shard list (default: DATA/train.jsonl, else DATA/train.list)",
     )
-    parser.add_argument("--dev", type=Path, help="dev manifest (default: DATA/dev.jsonl)")
     parser.add_argument(
-        "--data-type",
-        choices=["auto", *DATA_TYPES],
-        default="auto",
-        help="raw (manifest, data.list, Kaldi dir), shard (tar shard list), lhotse (cuts); "
-        "default: told from the files",
+        "--dev", type=Path, help="dev manifest or shard list (default: DATA/dev.jsonl or .list)"
     )
+    add_data_type_argument(parser)
     parser.add_argument(
         "--data",
         type=Path,
@@ -46,8 +44,8 @@ def main(args) -> int:
     data_dir = args.data or args.train.parent
     train(
         load_yaml(args.config),
-        train_manifest=args.train or data_dir / "train.jsonl",
-        dev_manifest=args.dev or data_dir / "dev.jsonl",
+        train_manifest=args.train or _prepared(data_dir, "train"),
+        dev_manifest=args.dev or _prepared(data_dir, "dev"),
         data_dir=data_dir,
         exp_dir=args.exp,
         resume=args.resume,
@@ -57,3 +55,13 @@ def main(args) -> int:
         data_type=args.data_type,
     )
     return 0
+
+
+def _prepared(data_dir: Path, name: str) -> Path:
+    """The set `prepare` wrote: NAME.jsonl, or NAME.list for a set kept in tar shards."""
+    shards = data_dir / f"{name}.list"
+    return (
+        shards
+        if shards.is_file() and not (data_dir / f"{name}.jsonl").is_file()
+        else data_dir / f"{name}.jsonl"
+    )
