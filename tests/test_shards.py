@@ -102,7 +102,7 @@ def test_ranks_and_workers_split_the_shards(data_dir, shards):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_within_an_epoch_of_shards(data_dir, shards, workers):
+def test_resume_within_an_epoch_of_shards(data_dir, shards, workers, caplog):
     cfg = config(workers)
     full = [k for b in load_batches(shards, data_dir, cfg, True, seed=3)[0] for k in b["keys"]]
     tokenizer = load_tokenizer(data_dir, TokenizerConfig())
@@ -120,6 +120,12 @@ def test_resume_within_an_epoch_of_shards(data_dir, shards, workers):
     assert sorted(first + rest) == sorted(full)
     if workers == 0:
         assert first + rest == full
+        assert "shard list changed" not in caplog.text
+        state["worker_positions"][0][1] += 1  # as if the shard had changed
+        moved = make_dataloader(shards, cfg, tokenizer, train=True, seed=3)
+        moved.load_state_dict(state)
+        assert [k for b in moved for k in b["keys"]] == rest
+        assert "the checkpoint had" in caplog.text and "shard list changed" in caplog.text
 
 
 @pytest.fixture

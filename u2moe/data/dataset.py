@@ -80,6 +80,7 @@ class UtteranceBatches(IterableDataset):
         self.world_size = world_size
         self.resume: list[int] | None = None  # batches each worker skips (set by BatchLoader)
         self.resume_positions: list | None = None  # shards: where each worker had read up to
+        self.position: list[int] | None = None  # shards: [shard, position] last read (a worker's)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -172,10 +173,7 @@ class UtteranceBatches(IterableDataset):
         if isinstance(entry, BadEntry):
             skipped.append((entry.key, entry.reason))
             return None
-
-        def read() -> np.ndarray:
-            return load_audio(entry.audio, entry.start, entry.end)
-
+        read = lambda: load_audio(entry.audio, entry.start, entry.end)  # noqa: E731
         return self._check(entry.key, entry.text, entry.duration, read, [index], skipped)
 
     def _load_shard_utterance(self, item: ShardUtterance, skipped: list) -> _Loaded | None:
@@ -318,7 +316,7 @@ class BatchLoader:
         for item in loader:
             for key, reason in item.pop("skipped"):
                 if self.stats.add(key, reason):
-                    log.warning("skipping utterance %s: %s", key, reason)
+                    log.warning("skipping %s: %s", key, reason)
             worker = item.pop("worker")
             if "feats" in item:
                 self.worker_batches[worker] += 1
