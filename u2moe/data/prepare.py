@@ -216,9 +216,7 @@ def _check_set(
     with pool:
         for results, stats, sampled in pool.imap(check, tasks, chunksize=1 if shards else 16):
             bar.update()
-            if stats is not None:
-                cmvn.merge(stats)
-                report.cmvn_utterances += sampled  # manifests: counted beforehand
+            kept = []
             for entry, result in results:
                 key = entry.key
                 if isinstance(result, str) or key in seen:
@@ -227,7 +225,13 @@ def _check_set(
                 seen.add(key)
                 entry.duration = result
                 entry.text = " ".join(entry.text.split())
-                yield entry
+                kept.append(entry)
+            # a manifest entry's statistics count only if it is kept (not a duplicate); a
+            # shard's are summed in its task, duplicates included
+            if stats is not None and (shards or kept):
+                cmvn.merge(stats)
+                report.cmvn_utterances += sampled  # manifests: counted beforehand
+            yield from kept
     bar.close()
 
 
