@@ -189,3 +189,23 @@ def test_shards_over_http(data_dir, shards, tmp_path):
         assert missing == [BadEntry(url.replace("001.tar", "099.tar"), "shard download failed")]
     finally:
         server.shutdown()
+
+
+def test_shard_command_counts_bad_entries_and_refuses_bad_input(data_dir, tmp_path, capsys):
+    lines = (data_dir / "train.jsonl").read_text().splitlines()[:3]
+    lines.insert(1, json.dumps({"key": "gone", "audio": "nowhere.wav", "text": "ab"}))
+    (tmp_path / "m.jsonl").write_text("\n".join([*lines, "{broken"]) + "\n")
+    args = ["shard", "--data", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "s")]
+    assert cli_main(args + ["--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 utterances, 2 skipped: 1 audio file not found (gone); 1 invalid JSON" in printed
+    assert cli_main(args + ["--per-shard", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "u2moe shard: error: --per-shard must be >= 1, got 0"
+    (tmp_path / "bad.jsonl").write_text("{broken\n")
+    args = ["shard", "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "none")]
+    assert cli_main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert error.startswith("u2moe shard: error: ") and error.endswith(
+        "bad.jsonl: no usable utterance to shard (1 skipped: 1 invalid JSON (bad.jsonl:1))"
+    )
+    assert list((tmp_path / "none").iterdir()) == []  # no empty shard left behind

@@ -185,6 +185,8 @@ def write_shards(
             written += count
             stats.update(skips)
     if written == 0:
+        for _, _, path in tasks:
+            path.unlink()
         raise UserError(f"{manifest_path}: no usable utterance to shard ({stats.summary()})")
     list_path = out_dir / SHARD_LIST
     write_text_atomic(list_path, "".join(f"{path}\n" for _, _, path in tasks))
