@@ -8,11 +8,11 @@ import pytest
 from train_data import CONFIG, make_prepared_dir  # noqa: I001 (tests/ helper)
 
 from u2moe.cli import main as cli_main
-from u2moe.data.audio import load_audio
+from u2moe.data.audio import decode_audio, load_audio
 from u2moe.data.config import DataConfig
 from u2moe.data.dataset import make_dataloader
 from u2moe.data.manifest import Manifest, detect_data_type, read_manifest
-from u2moe.data.shards import write_shards
+from u2moe.data.shards import read_shard, write_shards
 from u2moe.data.tokenizer import load_tokenizer
 from u2moe.train.checkpoint import read_index
 
@@ -71,3 +71,9 @@ def test_lhotse_cuts_are_a_manifest(data_dir, tmp_path):
     loader = make_dataloader(tmp_path / "cuts.jsonl.gz", DataConfig(), tokenizer, train=True)
     keys = sorted(k for batch in loader for k in batch["keys"])
     assert keys == sorted(e.key for e in entries) and loader.stats.total == 0
+
+    # cuts into shards: a part of a recording is stored decoded, as 16-bit WAV
+    shards, written, _ = write_shards(tmp_path / "cuts.jsonl.gz", tmp_path / "shards", 2)
+    item = list(read_shard(shards.read_text().split()[0], 0))[1]
+    assert written == 4 and (item.key, item.text) == (entries[1].key, entries[1].text)
+    np.testing.assert_allclose(decode_audio(item.audio, item.name), part, atol=1 / 32768)
