@@ -170,6 +170,19 @@ def test_broken_shards_are_counted_and_skipped(data_dir, broken):
     assert loader.stats.examples["no audio in shard"] == ["readme"]
     assert loader.stats.examples["shard command failed"][0].endswith("exit 3")
 
+    # resumed after its last batch: nothing new to read is not "nothing readable"
+    some = tmp_path / "some.list"
+    some.write_text(f"{broken[0].read_text().split()[0]}\n{tmp_path / 'missing.tar'}\n")
+    tokenizer = load_tokenizer(data_dir, TokenizerConfig())
+    loader = make_dataloader(some, config(), tokenizer, train=True)
+    total = len(list(make_dataloader(some, config(), tokenizer, train=True)))
+    for index, _ in enumerate(loader):
+        if index == total - 1:
+            break
+    resumed = make_dataloader(some, config(), tokenizer, train=True)
+    resumed.load_state_dict(loader.state_dict())
+    assert list(resumed) == [] and resumed.stats.counts == {"shard not found": 1}
+
     nothing = tmp_path / "nothing.list"
     nothing.write_text("pipe:exit 1\n" + str(tmp_path / "missing.tar") + "\n")
     with pytest.raises(UserError, match=r"nothing.list: no readable shard \(2 skipped"):

@@ -305,7 +305,6 @@ class BatchLoader:
     def __iter__(self) -> Iterator[dict]:
         self.dataset.resume = list(self.worker_batches)
         self.dataset.resume_positions = list(self.worker_positions)
-        produced = self.batches
         loader = DataLoader(
             self.dataset,
             batch_size=None,
@@ -325,7 +324,7 @@ class BatchLoader:
         if self.stats.total:
             log.warning("%s: %s", self.dataset.source.path, self.stats.summary())
         only_failed_shards = set(self.stats.counts) <= set(SHARD_FAILURES)
-        if self.batches == produced and self.stats.total and only_failed_shards:
+        if self.batches == 0 and self.stats.total and only_failed_shards:  # nothing, resumed or not
             summary = self.stats.summary()
             raise UserError(f"{self.dataset.source.path}: no readable shard ({summary})")
         self.worker_batches = [0] * len(self.worker_batches)
