@@ -89,11 +89,13 @@ def read_shard(entry: str, shard: int = 0) -> Iterator[ShardUtterance | BadEntry
     try:
         stream, process = _open(entry)
     except OSError as e:
-        reason = "shard not found" if isinstance(e, FileNotFoundError) else "shard download failed"
+        if entry.startswith(("http://", "https://")):
+            reason = "shard download failed"
+        else:
+            reason = "shard not found" if isinstance(e, FileNotFoundError) else "unreadable shard"
         log.warning("%s: %s (%s)", entry, reason, e)
         yield BadEntry(entry, reason)
         return
-    failure = None
     try:
         failure = ("unreadable shard", "not a tar")
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
