@@ -17,6 +17,7 @@ COMMANDS = {
     "upcycle": ("u2moe.commands.upcycle", "turn a dense model into a MoE one (experts = copies)"),
     "verify-wenet": ("u2moe.commands.verify_wenet", "check u2moe against a WeNet fixture"),
     "corpus": ("u2moe.commands.corpus", "synthesize the built-in English corpus"),
+    "shard": ("u2moe.commands.shard", "pack a manifest into tar shards and a shard list"),
     "prepare": ("u2moe.commands.prepare", "manifests, CMVN and tokenizer from a corpus"),
     "train": ("u2moe.commands.train", "train a U2++ (MoE) model"),
     "average": ("u2moe.commands.average", "average the best checkpoints of an experiment"),

@@ -1,14 +1,16 @@
 """`u2moe prepare`: manifests, global CMVN and tokenizer from a corpus.
 
-Sources are JSON-lines manifests, WeNet data.list files or Kaldi data directories.
-Writes OUT/{train,dev,test}.jsonl, OUT/global_cmvn, OUT/units.txt (+ OUT/bpe.model) and
-OUT/summary.json (utterances, hours and problems per set).
+Sources are JSON-lines manifests, WeNet data.list files, Kaldi data directories, lhotse cuts
+or tar shard lists (u2moe shard, WeNet's shard data.list).
+Writes OUT/{train,dev,test}.jsonl (OUT/<set>.list for a shard list), OUT/global_cmvn,
+OUT/units.txt (+ OUT/bpe.model) and OUT/summary.json (utterances, hours and problems per set).
 """
 
 import logging
 import os
 
 from u2moe.commands.arguments import non_negative_int, output_dir, positive_int
+from u2moe.commands.shard import add_data_type_argument
 from u2moe.config import load_config, parse_section
 from u2moe.data.config import DataConfig
 from u2moe.data.prepare import prepare
@@ -21,6 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--dev", required=True, help="development set")
     parser.add_argument("--test", action="append", default=[], help="test set (repeat for several)")
     parser.add_argument("--out", required=True, type=output_dir, help="output directory")
+    add_data_type_argument(parser)
     parser.add_argument(
         "--config", help="a YAML config: its data section sets features and tokenizer options"
     )
@@ -64,6 +67,7 @@ def main(args) -> int:
         cmvn_utterances=args.cmvn_utterances,
         jobs=args.jobs,
         seed=args.seed,
+        data_type=args.data_type,
     )
     for report in reports.values():
         print(

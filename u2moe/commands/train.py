@@ -3,13 +3,21 @@
 from pathlib import Path
 
 from u2moe.commands.arguments import output_dir, positive_int
+from u2moe.commands.shard import add_data_type_argument
 from u2moe.config import load_config
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="YAML with model/data/train")
-    parser.add_argument("--train", type=Path, help="training manifest (default: DATA/train.jsonl)")
-    parser.add_argument("--dev", type=Path, help="dev manifest (default: DATA/dev.jsonl)")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        help="training manifest or shard list (default: DATA/train.jsonl, else DATA/train.list)",
+    )
+    parser.add_argument(
+        "--dev", type=Path, help="dev manifest or shard list (default: DATA/dev.jsonl or .list)"
+    )
+    add_data_type_argument(parser)
     parser.add_argument(
         "--data",
         type=Path,
@@ -39,13 +47,24 @@ def main(args) -> int:
     data_dir = args.data or args.train.parent
     train(
         load_config(args.config),
-        train_manifest=args.train or data_dir / "train.jsonl",
-        dev_manifest=args.dev or data_dir / "dev.jsonl",
+        train_manifest=args.train or _prepared(data_dir, "train"),
+        dev_manifest=args.dev or _prepared(data_dir, "dev"),
         data_dir=data_dir,
         exp_dir=args.exp,
         resume=args.resume,
         max_steps=args.max_steps,
         device=args.device,
         config_name=str(args.config),
+        data_type=args.data_type,
     )
     return 0
+
+
+def _prepared(data_dir: Path, name: str) -> Path:
+    """The set `prepare` wrote: NAME.jsonl, or NAME.list for a set kept in tar shards."""
+    shards = data_dir / f"{name}.list"
+    return (
+        shards
+        if shards.is_file() and not (data_dir / f"{name}.jsonl").is_file()
+        else data_dir / f"{name}.jsonl"
+    )

@@ -108,6 +108,19 @@ def check_sample_rate(name: str, rate) -> None:
         raise AudioError(name, "unsupported sample rate", f"{rate} Hz; need 8 kHz+")
 
 
+def decode_audio(data: bytes, name: str) -> np.ndarray:
+    """The bytes of a whole audio file (a tar shard member) as `load_audio` returns a file.
+
+    name: where the bytes came from, for error messages.
+    """
+    try:
+        _check_complete(name, sf.info(io.BytesIO(data)))
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
+        raise AudioError(name, "unreadable audio", str(e).splitlines()[0]) from None
+    samples, rate = _read_object(io.BytesIO(data), name)
+    return _to_16k_mono(name, samples, rate, 0.0, None)
+
+
 def check_segment(name: str, start: float, end: float | None) -> None:
     """AudioError unless 0 <= start < end, both finite (end None: the end of the audio)."""
     end_ok = end is None or (math.isfinite(end) and end > start)

@@ -11,9 +11,15 @@ computed when a batch is made. Every random choice comes from a generator seeded
 Bad utterances are skipped; each batch carries the skips its worker saw since its previous
 batch, and `BatchLoader.stats` collects them in the training process.
 
+A tar shard list (data/shards.py) is read as streams instead: each worker of each rank takes
+a disjoint share of the shards (shuffled per (seed, epoch) in training), reads them in turn
+and passes their utterances through a shuffle buffer of `bucket_size` utterances before
+bucketing as above; an utterance's generator is seeded by (seed, epoch, shard, position).
+
 Resuming within an epoch: `BatchLoader.state_dict()` records how many batches of each worker
-were consumed; after `load_state_dict`, each worker replays its share without computing
-features and continues with its first unconsumed batch (same workers and ranks required).
+were consumed (and, for shards, the shard and position each worker had read up to); after
+`load_state_dict`, each worker replays its share without computing features and continues
+with its first unconsumed batch (same workers and ranks required).
 """
 
 import logging
@@ -26,13 +32,15 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from u2moe.data.audio import SAMPLE_RATE, AudioError, load_audio
+from u2moe.data.audio import SAMPLE_RATE, AudioError, decode_audio, load_audio
 from u2moe.data.augment import spec_augment, spec_sub, speed_perturb
 from u2moe.data.config import DataConfig
 from u2moe.data.features import INT16_SCALE, compute_fbank, num_frames
-from u2moe.data.manifest import BadEntry, Manifest
+from u2moe.data.manifest import BadEntry, Manifest, detect_data_type
+from u2moe.data.shards import SHARD_FAILURES, ShardList, ShardUtterance, read_shard
 from u2moe.data.skips import SkipStats
 from u2moe.data.tokenizer import Tokenizer
+from u2moe.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,7 @@ class UtteranceBatches(IterableDataset):
 
     def __init__(
         self,
-        manifest: Manifest,
+        source: Manifest | ShardList,
         cfg: DataConfig,
         tokenizer: Tokenizer,
         train: bool,
@@ -62,7 +70,7 @@ class UtteranceBatches(IterableDataset):
         rank: int,
         world_size: int,
     ):
-        self.manifest = manifest
+        self.source = source
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.train = train
@@ -71,22 +79,31 @@ class UtteranceBatches(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.resume: list[int] | None = None  # batches each worker skips (set by BatchLoader)
+        self.resume_positions: list | None = None  # shards: where each worker had read up to
+        self.position: list[int] | None = None  # shards: [shard, position] last read (a worker's)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         shard_id = self.rank * num_workers + worker
-        indices = self._order()[shard_id :: self.world_size * num_workers]
+        share = self._order()[shard_id :: self.world_size * num_workers]
         to_skip = self.resume[worker] if self.resume else 0
         skipped: list[tuple[str, str]] = []
+        self.position = None
+        if isinstance(self.source, ShardList):
+            read = self._shard_utterances(share, shard_id, skipped)
+        else:
+            read = (self._load(int(index), skipped) for index in share)
         produced = 0
-        for bucket_number, bucket in enumerate(self._buckets(indices, skipped)):
+        for bucket_number, bucket in enumerate(self._buckets(read)):
             for batch in self._batches(bucket, bucket_number, shard_id):
                 produced += 1
+                if produced == to_skip and self.resume_positions:
+                    _check_position(self.resume_positions[worker], self.position, worker)
                 if produced > to_skip:
                     feats = [self._features(item) for item in batch]
-                    yield collate(batch, feats, list(skipped), worker)
-                    skipped.clear()  # in place: _buckets appends to this same list
+                    yield collate(batch, feats, list(skipped), worker) | {"position": self.position}
+                    skipped.clear()  # in place: the readers append to this same list
         if skipped:
             yield {"skipped": skipped, "worker": worker}
 
@@ -95,14 +112,35 @@ class UtteranceBatches(IterableDataset):
         return self.train and self.epoch >= self.cfg.augment.start_epoch
 
     def _order(self) -> np.ndarray:
+        """Utterance indices (manifest) or shard indices (shard list) in this epoch's order."""
         if self.train and self.cfg.batch.shuffle:
-            return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.manifest))
-        return np.arange(len(self.manifest))
+            return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source))
+        return np.arange(len(self.source))
 
-    def _buckets(self, indices: np.ndarray, skipped: list) -> Iterator[list[_Loaded]]:
+    def _shard_utterances(
+        self, shards: np.ndarray, shard_id: int, skipped: list
+    ) -> Iterator[_Loaded | None]:
+        """Read the shards in turn, through a shuffle buffer in training, then load."""
+        self.position = None  # (shard, position) of the last utterance read
+        utterances = self._read_shards(shards, skipped)
+        if self.train and self.cfg.batch.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, shard_id, 0, 1])
+            utterances = shuffle_buffer(utterances, self.cfg.batch.bucket_size, rng)
+        for utterance in utterances:
+            yield self._load_shard_utterance(utterance, skipped)
+
+    def _read_shards(self, shards: np.ndarray, skipped: list) -> Iterator[ShardUtterance]:
+        for shard in shards:
+            for item in read_shard(self.source[int(shard)], int(shard)):
+                if isinstance(item, BadEntry):
+                    skipped.append((item.key, item.reason))
+                    continue
+                self.position = [item.shard, item.position]
+                yield item
+
+    def _buckets(self, items: Iterator[_Loaded | None]) -> Iterator[list[_Loaded]]:
         bucket = []
-        for index in indices:
-            item = self._load(int(index), skipped)
+        for item in items:
             if item is not None:
                 bucket.append(item)
             if len(bucket) == self.cfg.batch.bucket_size:
@@ -130,21 +168,35 @@ class UtteranceBatches(IterableDataset):
         return batches
 
     def _load(self, index: int, skipped: list) -> _Loaded | None:
-        """Read, check and speed-perturb one utterance; None (and a skip noted) if unusable."""
-        entry = self.manifest[index]
+        """Read, check and speed-perturb one manifest entry; None (and a skip noted) if unusable."""
+        entry = self.source[index]
         if isinstance(entry, BadEntry):
             skipped.append((entry.key, entry.reason))
             return None
+        read = lambda: load_audio(entry.audio, entry.start, entry.end)  # noqa: E731
+        return self._check(entry.key, entry.text, entry.duration, read, [index], skipped)
+
+    def _load_shard_utterance(self, item: ShardUtterance, skipped: list) -> _Loaded | None:
+        # five seed numbers: apart from the manifest's and the batch order's generators
+        seed = [item.shard, item.position, 0]
+        return self._check(
+            item.key, item.text, None, lambda: decode_audio(item.audio, item.name), seed, skipped
+        )
+
+    def _check(
+        self, key: str, text: str, duration: float | None, read, seed: list[int], skipped: list
+    ) -> _Loaded | None:
+        """Check text and audio (`read()`), speed-perturb in training; None if unusable."""
         batch_cfg = self.cfg.batch
-        reason = _duration_problem(entry.duration, batch_cfg.min_duration, batch_cfg.max_duration)
-        tokens = self.tokenizer.encode(entry.text)
+        reason = _duration_problem(duration, batch_cfg.min_duration, batch_cfg.max_duration)
+        tokens = self.tokenizer.encode(text)
         if reason is None and not self.tokenizer.has_known_token(tokens):
             reason = "no known token"
         if reason is None and len(tokens) > batch_cfg.max_tokens:
             reason = "too many tokens"
         if reason is None:
             try:
-                samples = load_audio(entry.audio, entry.start, entry.end)
+                samples = read()
             except AudioError as e:
                 reason = e.reason
             except Exception as e:  # a bad file must not end training; the reason names it
@@ -153,16 +205,16 @@ class UtteranceBatches(IterableDataset):
             duration = len(samples) / SAMPLE_RATE
             reason = _duration_problem(duration, batch_cfg.min_duration, batch_cfg.max_duration)
         if reason is not None:
-            skipped.append((entry.key, reason))
+            skipped.append((key, reason))
             return None
         rng = None
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, self.epoch, *seed])
             if self.augmenting:
                 speed = float(rng.choice(self.cfg.augment.speed_perturb))
                 samples = speed_perturb(samples, speed)
         frames = num_frames(len(samples), self.cfg.features)
-        return _Loaded(entry.key, samples, frames, tokens, rng)
+        return _Loaded(key, samples, frames, tokens, rng)
 
     def _features(self, item: _Loaded) -> torch.Tensor:
         """(T, num_mel_bins): fbank, with dither and spectrum augmentation in training."""
@@ -177,6 +229,30 @@ class UtteranceBatches(IterableDataset):
             return feats
         feats = spec_augment(feats, self.cfg.augment.spec_aug, item.rng)
         return spec_sub(feats, self.cfg.augment.spec_sub, item.rng)
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Shuffle a stream through a buffer of `size` items: each arrival replaces (and sends on)
+    a random one of them; the rest leave in random order at the end."""
+    buffer = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        index = int(rng.integers(size))
+        yield buffer[index]
+        buffer[index] = item
+    for index in rng.permutation(len(buffer)):
+        yield buffer[index]
+
+
+def _check_position(expected: list | None, actual: list | None, worker: int) -> None:
+    if expected is not None and expected != actual:
+        log.warning(
+            "worker %d resumed at shard %s position %s, the checkpoint had %s: the shard list "
+            "changed, so the run will not repeat exactly", worker, *(actual or [None] * 2),
+            expected,
+        )  # fmt: skip
 
 
 def _duration_problem(duration: float | None, low: float, high: float) -> str | None:
@@ -219,6 +295,7 @@ class BatchLoader:
         self.prefetch_factor = prefetch_factor
         self.stats = SkipStats()
         self.worker_batches = [0] * max(1, num_workers)  # consumed batches per worker
+        self.worker_positions = [None] * max(1, num_workers)  # shards: [shard, position] read
 
     @property
     def batches(self) -> int:
@@ -227,6 +304,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[dict]:
         self.dataset.resume = list(self.worker_batches)
+        self.dataset.resume_positions = list(self.worker_positions)
         loader = DataLoader(
             self.dataset,
             batch_size=None,
@@ -237,14 +315,20 @@ class BatchLoader:
         for item in loader:
             for key, reason in item.pop("skipped"):
                 if self.stats.add(key, reason):
-                    log.warning("skipping utterance %s: %s", key, reason)
+                    log.warning("skipping %s: %s", key, reason)
             worker = item.pop("worker")
             if "feats" in item:
                 self.worker_batches[worker] += 1
+                self.worker_positions[worker] = item.pop("position")
                 yield item
         if self.stats.total:
-            log.warning("%s: %s", self.dataset.manifest.path, self.stats.summary())
+            log.warning("%s: %s", self.dataset.source.path, self.stats.summary())
+        only_failed_shards = set(self.stats.counts) <= set(SHARD_FAILURES)
+        if self.batches == 0 and self.stats.total and only_failed_shards:  # nothing, resumed or not
+            summary = self.stats.summary()
+            raise UserError(f"{self.dataset.source.path}: no readable shard ({summary})")
         self.worker_batches = [0] * len(self.worker_batches)
+        self.worker_positions = [None] * len(self.worker_positions)
 
     def state_dict(self) -> dict:
         dataset = self.dataset
@@ -255,6 +339,7 @@ class BatchLoader:
             "world_size": dataset.world_size,
             "num_workers": self.num_workers,
             "worker_batches": list(self.worker_batches),
+            "worker_positions": list(self.worker_positions),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -269,6 +354,7 @@ class BatchLoader:
             )
             return
         self.worker_batches = list(state["worker_batches"])
+        self.worker_positions = list(state.get("worker_positions", self.worker_positions))
 
 
 def _init_worker(_: int) -> None:
@@ -284,14 +370,25 @@ def make_dataloader(
     epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    data_type: str = "auto",
 ) -> BatchLoader:
-    """Batches of one epoch of `manifest_path` (JSON lines, WeNet data.list or Kaldi dir).
+    """Batches of one epoch of `manifest_path`: JSON lines, WeNet data.list, Kaldi dir, lhotse
+    cuts (`raw`, `lhotse`) or a tar shard list (`shard`); `auto` tells them apart.
 
     Each batch: keys (B,), feats (B, T, num_mel_bins) float32 padded with 0, feats_lengths
     (B,), targets (B, L) int64 padded with -1, target_lengths (B,). With `train`, the order is
     shuffled per (seed, epoch) and augmentation is on; otherwise neither.
     """
-    dataset = UtteranceBatches(
-        Manifest(manifest_path), data_cfg, tokenizer, train, seed, epoch, rank, world_size
-    )
+    if data_type == "auto":
+        data_type = detect_data_type(manifest_path)
+    if data_type == "shard":
+        source = ShardList(manifest_path)
+        if len(source) < world_size:
+            raise UserError(
+                f"{manifest_path}: {len(source)} shard(s) for {world_size} processes; every "
+                "process needs one at least (shard with a smaller --per-shard)"
+            )
+    else:
+        source = Manifest(manifest_path, data_type)
+    dataset = UtteranceBatches(source, data_cfg, tokenizer, train, seed, epoch, rank, world_size)
     return BatchLoader(dataset, data_cfg.batch.num_workers, data_cfg.batch.prefetch_factor)

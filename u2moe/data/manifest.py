@@ -1,11 +1,14 @@
 """Reading the utterance lists users already have.
 
-Three formats, told apart by what the path is:
+Four formats, told apart by what the path is (`detect_data_type`):
 - a JSON-lines manifest, one `{"key", "audio", "text", "duration", ...}` per line; `audio` is
   relative to the manifest's folder or absolute, other fields (speaker, ...) are kept;
 - WeNet's `data.list`, the same with `wav` and `txt` (and optional `start`, `end` in seconds);
 - a Kaldi data directory: `wav.scp` and `text`, optional `segments` and `utt2spk`; relative
-  paths in `wav.scp` are relative to the current directory, as in a Kaldi recipe.
+  paths in `wav.scp` are relative to the current directory, as in a Kaldi recipe;
+- a lhotse CutSet (`cuts.jsonl.gz`; needs the `lhotse` extra): one utterance per cut, its
+  supervisions' text, the part of its recording the cut covers.
+A file of lines that are not JSON is a tar shard list (`shard`, read by data/shards.py).
 
 A JSON-lines file is indexed by line offsets and read lazily, so a large corpus is never held
 in memory. An entry that cannot be used is a `BadEntry` (key and reason), never an exception.
@@ -52,20 +55,49 @@ class BadEntry:
     reason: str
 
 
+DATA_TYPES = ("raw", "shard", "lhotse")  # WeNet's names; raw: manifest, data.list, Kaldi dir
+
+
+def detect_data_type(path: str | Path) -> str:
+    """`raw`, `shard` or `lhotse` from the file's first bytes (a directory is Kaldi's: raw)."""
+    path = Path(path)
+    if path.is_dir():
+        return "raw"
+    if not path.is_file():
+        raise UserError(f"{path}: no such manifest file or Kaldi data directory")
+    with path.open("rb") as f:
+        if f.read(2) == b"\x1f\x8b":  # gzip: lhotse writes cuts.jsonl.gz
+            return "lhotse"
+        f.seek(0)
+        line = next((line for line in f if line.strip()), b"").strip()
+    if not line.startswith(b"{"):
+        return "shard"
+    try:
+        first = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "raw"  # its bad lines are reported as such
+    return "lhotse" if isinstance(first, dict) and "supervisions" in first else "raw"
+
+
 class Manifest:
     """Random access to the entries of a manifest: `manifest[i] -> Utterance | BadEntry`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, data_type: str = "auto"):
         self.path = Path(path)
+        data_type = detect_data_type(path) if data_type == "auto" else data_type
+        self._offsets = None
+        if data_type == "shard":
+            raise UserError(f"{self.path}: a tar shard list, not a manifest this command reads")
         if self.path.is_dir():
             self._entries = _read_kaldi_dir(self.path)
-            self._offsets = None
-        elif self.path.is_file():
+        elif not self.path.is_file():
+            raise UserError(f"{self.path}: no such manifest file or Kaldi data directory")
+        elif data_type == "lhotse":
+            self._entries = _read_lhotse_cuts(self.path)
+        else:
             _check_text(self.path)
             self._entries = None
             self._offsets, self._line_numbers = _index_lines(self.path)
-        else:
-            raise UserError(f"{self.path}: no such manifest file or Kaldi data directory")
         self._file = None
         self._file_pid = None
 
@@ -246,4 +278,41 @@ def _read_kaldi_dir(directory: Path) -> list[Utterance | BadEntry]:
         entries.append(
             Utterance(key, audio, normalize_text(texts[key]), duration, start, end, extra)
         )
+    return entries
+
+
+def _read_lhotse_cuts(path: Path) -> list[Utterance | BadEntry]:
+    """One utterance per cut: the recording's file (or command) from the cut's start, for its
+    duration, with its supervisions' text."""
+    try:
+        from lhotse import load_manifest_lazy
+    except ImportError:
+        raise UserError(
+            f"{path}: reading lhotse cuts needs lhotse (pip install 'u2moe[lhotse]')"
+        ) from None
+    try:
+        cuts = list(load_manifest_lazy(path))
+    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a lhotse CutSet ({type(e).__name__}: {e})") from None
+    entries: list[Utterance | BadEntry] = []
+    for cut in cuts:
+        recording = getattr(cut, "recording", None)
+        if recording is None or len(recording.sources) != 1:
+            entries.append(BadEntry(cut.id, "lhotse cut without one recording source"))
+            continue
+        if not cut.supervisions:
+            entries.append(BadEntry(cut.id, "lhotse cut without supervision"))
+            continue
+        source = recording.sources[0]
+        if source.type == "file":
+            audio = str(Path(source.source).absolute())
+        elif source.type == "command":
+            audio = f"{source.source} |"
+        else:
+            entries.append(BadEntry(cut.id, f"lhotse {source.type} source not supported"))
+            continue
+        text = " ".join(s.text or "" for s in cut.supervisions).strip()
+        extra = {"speaker": cut.supervisions[0].speaker} if cut.supervisions[0].speaker else {}
+        start, end = cut.start, cut.start + cut.duration
+        entries.append(Utterance(cut.id, audio, text, cut.duration, start, end, extra))
     return entries

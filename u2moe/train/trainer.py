@@ -137,11 +137,13 @@ def train(
     max_steps: int | None = None,
     device: str = "auto",
     config_name: str = "config",
+    data_type: str = "auto",
 ) -> Path:
     """Train (or continue) the experiment in `exp_dir`; returns `exp_dir`, a model directory.
 
     data_dir: the prepared data directory (units.txt, optional bpe.model, global_cmvn).
     max_steps: overrides train.max_steps (the total, counted from the first step).
+    data_type: of both manifests, `raw`, `shard`, `lhotse` or `auto` (make_dataloader).
     Under torchrun every process calls this; rank 0 alone writes files.
     """
     for path in (train_manifest, dev_manifest, data_dir / "global_cmvn"):
@@ -149,7 +151,9 @@ def train(
             raise UserError(f"{path}: no such file")
     info = distributed.setup(device)
     try:
-        trainer = Trainer(info, config, config_name, data_dir, train_manifest, dev_manifest)
+        trainer = Trainer(
+            info, config, config_name, data_dir, train_manifest, dev_manifest, data_type
+        )
         with ExperimentLock(exp_dir) if info.is_main else contextlib.nullcontext() as lock:
             trainer.setup(exp_dir, resume, max_steps)
             if lock and lock.stale_note():
@@ -224,10 +228,12 @@ class Trainer:
         data_dir: Path,
         train_manifest: Path,
         dev_manifest: Path,
+        data_type: str = "auto",
     ):
         """Read the config and the units; writes nothing (a bad config leaves no files)."""
         self.info, self.data_dir = info, data_dir
         self.train_manifest, self.dev_manifest = train_manifest, dev_manifest
+        self.data_type = data_type  # of both manifests (make_dataloader)
         data_cfg = parse_section(DataConfig, config.get("data"), f"{config_name}: data")
         self.tokenizer = load_tokenizer(data_dir, data_cfg.tokenizer)
         check_cmvn_features(data_dir, data_cfg.features, config_name)
@@ -275,7 +281,7 @@ class Trainer:
         self.metrics = MetricsLog(exp_dir, self.state.step) if info.is_main else None
         self.dev_loader = make_dataloader(
             self.dev_manifest, cfg.data, self.tokenizer, train=False, seed=tc.seed, epoch=0,
-            rank=info.rank, world_size=info.world_size,
+            rank=info.rank, world_size=info.world_size, data_type=self.data_type,
         )  # fmt: skip
 
     def write_experiment_files(self) -> None:
@@ -330,6 +336,7 @@ class Trainer:
         loader = make_dataloader(
             self.train_manifest, self.cfg.data, self.tokenizer, train=True, seed=tc.seed,
             epoch=state.epoch, rank=info.rank, world_size=info.world_size,
+            data_type=self.data_type,
         )  # fmt: skip
         if state.data is not None:
             loader.load_state_dict(state.data)  # skip what was consumed before the checkpoint
