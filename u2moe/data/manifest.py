@@ -68,6 +68,7 @@ def detect_data_type(path: str | Path) -> str:
     with path.open("rb") as f:
         if f.read(2) == b"\x1f\x8b":  # gzip: lhotse writes cuts.jsonl.gz
             return "lhotse"
+        _check_text(path)  # any other binary file is no list of ours (an audio file, say)
         f.seek(0)
         line = next((line for line in f if line.strip()), b"").strip()
     if not line.startswith(b"{"):
