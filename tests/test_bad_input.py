@@ -253,6 +253,9 @@ def test_api_names_the_problem(root):
         u2moe.load_model(None)
     with pytest.raises(AudioError, match="audio: invalid sample rate \\('16000'; give a number"):
         transcriber.transcribe(tone(1.0), sample_rate="16000")
+    for rate in (float("nan"), 4000, 10**7):  # NaN once sent the resampler into a loop
+        with pytest.raises(AudioError, match="unsupported sample rate"):
+            transcriber.transcribe(tone(1.0), sample_rate=rate)
     with pytest.raises(AudioError, match="^<BytesIO>: unreadable audio"):
         transcriber.transcribe(io.BytesIO(b"not audio"))
     wav = io.BytesIO((root / "good.wav").read_bytes())

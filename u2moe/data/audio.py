@@ -20,6 +20,7 @@ from u2moe.errors import UserError
 
 SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE = 8000  # lower rates lack most of the speech band
+MAX_SAMPLE_RATE = 384000  # the highest rate audio equipment records at
 # Float audio peaking above this is not scaled to [-1, 1]: most often int16 values stored
 # as float (peaks in the thousands); mild clipping of a float file stays below it.
 MAX_FLOAT_PEAK = 2.0
@@ -101,11 +102,11 @@ def source_name(audio) -> str:
 
 
 def check_sample_rate(name: str, rate) -> None:
-    """AudioError unless `rate` is a number of Hz the features can use (>= 8 kHz)."""
+    """AudioError unless `rate` is a number of Hz the features can use (8 to 384 kHz)."""
     if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
         raise AudioError(name, "invalid sample rate", f"{rate!r}; give a number of Hz")
-    if rate < MIN_SAMPLE_RATE:
-        raise AudioError(name, "unsupported sample rate", f"{rate} Hz; need 8 kHz+")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:  # NaN too
+        raise AudioError(name, "unsupported sample rate", f"{rate} Hz; need 8 to 384 kHz")
 
 
 def decode_audio(data: bytes, name: str) -> np.ndarray:
