@@ -266,3 +266,48 @@ def test_encoder_probe_reports_every_stage_and_the_audio_swap(corpus):
     assert all(0.0 <= float(share) <= 1.0 and float(norm) > 0 for share, norm in rows.values())
     losses = out.splitlines()[-1].removeprefix("batch 0:").split("|")
     assert len(losses) == 3 and all(float(loss) > 0 for loss in losses)
+
+
+def test_nbest_confidence_hotwords_and_top_k_options(corpus, tmp_path, capsys):
+    model = ["--model", str(corpus / "model")]
+    wav = str(corpus / "u1.wav")
+    argv = ["transcribe", *model, "--json", "--timestamps", "--nbest", "3", "--mode"]
+    assert main([*argv, "attention_rescoring", wav]) == 0
+    result = json.loads(capsys.readouterr().out)
+    scores = [h["score"] for h in result["nbest"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert result["nbest"][0]["text"] == result["text"]
+    assert all(0 < w["confidence"] <= 1 for w in result["words"] + result["pieces"])
+    for word in result["words"]:  # a word is as sure as its least sure piece
+        pieces = [p for p in result["pieces"] if word["start"] <= p["start"] < word["end"]]
+        assert word["confidence"] == min(p["confidence"] for p in pieces)
+
+    out = tmp_path / "nbest"
+    argv = ["decode", *model, "--data", str(corpus / "good.jsonl"), "--out", str(out)]
+    assert main([*argv, "--mode", "ctc_prefix_beam_search", "--nbest", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "ctc_prefix_beam_search" / "nbest.jsonl").open()]
+    hyps = dict(read_table(out / "ctc_prefix_beam_search" / "hyps.txt"))
+    assert [r["key"] for r in rows] == ["u0", "u1", "u2", "u3"]
+    assert all(r["nbest"][0]["text"] == hyps[r["key"]] for r in rows)
+
+    # hotwords reach the search of both the Transcriber and its streaming recognizer (the
+    # search itself is tested in test_context.py): the best hypothesis earns a bonus
+    plain = u2moe.load_model(corpus / "model", modes=["ctc_prefix_beam_search"], nbest=2)
+    best = plain.transcribe(wav)
+    (tmp_path / "hot.txt").write_text(f"{best.text[:4]} :1.5\n")
+    hot = u2moe.load_model(
+        corpus / "model", modes=["ctc_prefix_beam_search"], nbest=2, context=tmp_path / "hot.txt"
+    )
+    assert hot.transcribe(wav).nbest[0][1] >= best.nbest[0][1] + 1.5 * 4
+    assert hot.recognizer().search.context is hot.context is not None
+
+    capsys.readouterr()
+    (tmp_path / "bad.txt").write_text("xyz\n")
+    for extra, message in [
+        (["--top-k", "1"], "the model has no MoE layer"),
+        (["--context", str(tmp_path / "bad.txt")], "bad.txt:1: 'xyz' has units"),
+        (["--nbest", "20"], "nbest must be in [1, beam_size"),
+    ]:
+        assert main(["transcribe", *model, *extra, wav]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -23,6 +23,7 @@ from u2moe.decode.config import DecodeConfig
 from u2moe.decode.transcriber import Transcriber, Transcription
 from u2moe.errors import UserError
 from u2moe.model.io import CONFIG, load_model_dir
+from u2moe.model.moe import set_top_k
 
 __all__ = ["Transcriber", "Transcription", "load_model"]
 
@@ -38,6 +39,8 @@ def load_model(model_dir: str | Path, device: str = "cpu", **decode_options) -> 
     model, config, _ = load_model_dir(model_dir)
     where = f"{model_dir / CONFIG}"
     data_cfg = parse_section(DataConfig, config.get("data"), f"{where}: data")
+    # paths (lm, context) may be given as Path objects
+    decode_options = {k: str(v) if isinstance(v, Path) else v for k, v in decode_options.items()}
     parse_section(DecodeConfig, decode_options, "decode options")  # blame bad options first
     decode_section = {**(config.get("decode") or {}), **decode_options}
     decode_cfg = parse_section(DecodeConfig, decode_section, f"{where}: decode")
@@ -49,6 +52,11 @@ def load_model(model_dir: str | Path, device: str = "cpu", **decode_options) -> 
                 "right-to-left decoder, which this model does not have"
             )
         decode_cfg = dataclasses.replace(decode_cfg, reverse_weight=0.0)
+    if decode_cfg.top_k is not None:
+        try:
+            set_top_k(model, decode_cfg.top_k)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     tokenizer = load_tokenizer(model_dir, data_cfg.tokenizer)
     try:
         backend = TorchBackend(model, device)

@@ -63,6 +63,16 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-weight", type=float, help="word LM weight (lexicon search)")
     parser.add_argument("--word-score", type=float, help="bonus per word (lexicon search)")
     parser.add_argument(
+        "--context", help="hotwords: a file of phrases, one per line (optional `:SCORE`)"
+    )
+    parser.add_argument("--context-score", type=float, help="hotword bonus per token (2.0)")
+    parser.add_argument(
+        "--nbest", type=positive_int, help="hypotheses reported per utterance (n-best modes)"
+    )
+    parser.add_argument(
+        "--top-k", type=positive_int, help="MoE experts per frame (default: as trained)"
+    )
+    parser.add_argument(
         "--streaming",
         action="store_true",
         help="run the encoder chunk by chunk with caches (needs --chunk-size > 0), "
@@ -82,6 +92,10 @@ def search_options(args: argparse.Namespace) -> dict:
         "lm": args.lm,
         "lm_weight": args.lm_weight,
         "word_score": args.word_score,
+        "context": args.context,
+        "context_score": args.context_score,
+        "nbest": args.nbest,
+        "top_k": args.top_k,
         "streaming": args.streaming or None,
     }
     return {k: v for k, v in options.items() if v is not None}

@@ -25,10 +25,10 @@ from u2moe.decode.scoring import ErrorCounts, char_errors, normalize_whitespace,
 from u2moe.decode.search import (
     NBEST_MODES,
     Hypothesis,
-    attention_rescoring,
     ctc_greedy_search,
     ctc_prefix_beam_search,
     host_array,
+    rescored_nbests,
 )
 from u2moe.decode.stream import EncoderStream
 from u2moe.errors import UserError
@@ -39,6 +39,8 @@ BUCKET_BATCHES = 4  # batches loaded together and sorted by length (less padding
 @dataclass
 class BatchDecoding:
     hyps: dict[str, list[Hypothesis]]  # mode -> best hypothesis of each utterance
+    # mode -> the n-best of each utterance, best first (a single best for modes without one)
+    nbests: dict[str, list[list[Hypothesis]]]
     ctc_log_probs: np.ndarray  # (B, T', V)
     enc_lengths: np.ndarray  # (B,)
     # wall seconds: "encoder" (encoder + CTC head, shared by all modes), and per mode its own
@@ -65,7 +67,12 @@ def encode_batch(backend, feats: np.ndarray, lengths: np.ndarray, cfg: DecodeCon
 
 
 def decode_batch(
-    backend, feats: np.ndarray, feats_lengths: np.ndarray, cfg: DecodeConfig, lexicon=None
+    backend,
+    feats: np.ndarray,
+    feats_lengths: np.ndarray,
+    cfg: DecodeConfig,
+    lexicon=None,
+    context=None,
 ) -> BatchDecoding:
     """Decode a batch in every mode of `cfg.modes`, sharing one encoder pass.
 
@@ -73,8 +80,10 @@ def decode_batch(
     (B,). The encoder sees the whole utterance with a chunk mask of cfg.chunk_size frames
     and cfg.num_left_chunks chunks of left context (-1, -1: full context), which equals
     chunk-by-chunk streaming; with cfg.streaming the encoder really runs chunk by chunk with
-    caches. `lexicon` (a decode.lexicon.LexiconSearch) serves ctc_lexicon_beam_search; the
-    `attention` mode needs a backend with `attention_beam_search` (the PyTorch one).
+    caches. `lexicon` (a decode.lexicon.LexiconSearch) serves ctc_lexicon_beam_search;
+    `context` (a decode.context.ContextGraph of hotwords) biases the CTC prefix beam search
+    under ctc_prefix_beam_search and attention_rescoring; the `attention` mode needs a
+    backend with `attention_beam_search` (the PyTorch one).
     """
     feats = host_array(feats).astype(np.float32, copy=False)
     feats_lengths = host_array(feats_lengths)
@@ -85,25 +94,26 @@ def decode_batch(
     nbests, nbest_seconds = None, 0.0
     if any(mode in NBEST_MODES for mode in cfg.modes):
         start = time.perf_counter()
-        nbests = ctc_prefix_beam_search(ctc_log_probs, enc_lengths, cfg.beam_size)
+        nbests = ctc_prefix_beam_search(ctc_log_probs, enc_lengths, cfg.beam_size, context)
         nbest_seconds = time.perf_counter() - start
-    hyps: dict[str, list[Hypothesis]] = {}
+    lists: dict[str, list[list[Hypothesis]]] = {}
     for mode in cfg.modes:
         start = time.perf_counter()
         if mode == "ctc_greedy_search":
-            hyps[mode] = ctc_greedy_search(ctc_log_probs, enc_lengths)
+            lists[mode] = [[h] for h in ctc_greedy_search(ctc_log_probs, enc_lengths)]
         elif mode == "attention":
             if not hasattr(backend, "attention_beam_search"):
                 raise UserError("the attention mode needs the PyTorch backend")
-            hyps[mode] = backend.attention_beam_search(enc, enc_lengths, cfg.beam_size)
+            best = backend.attention_beam_search(enc, enc_lengths, cfg.beam_size)
+            lists[mode] = [[h] for h in best]
         elif mode == "ctc_prefix_beam_search":
-            hyps[mode] = [nbest[0] for nbest in nbests]
+            lists[mode] = nbests
         elif mode == "ctc_lexicon_beam_search":
             if lexicon is None:
                 raise ValueError("ctc_lexicon_beam_search needs a LexiconSearch")
-            hyps[mode] = lexicon(ctc_log_probs, enc_lengths)
+            lists[mode] = [[h] for h in lexicon(ctc_log_probs, enc_lengths)]
         elif mode == "attention_rescoring":
-            hyps[mode] = attention_rescoring(
+            lists[mode] = rescored_nbests(
                 backend, nbests, enc, enc_lengths, cfg.ctc_weight, cfg.reverse_weight
             )
         else:
@@ -111,7 +121,8 @@ def decode_batch(
         seconds[mode] = time.perf_counter() - start
         if mode in NBEST_MODES:
             seconds[mode] += nbest_seconds
-    return BatchDecoding(hyps, ctc_log_probs, enc_lengths, seconds)
+    hyps = {mode: [nbest[0] for nbest in per_utterance] for mode, per_utterance in lists.items()}
+    return BatchDecoding(hyps, lists, ctc_log_probs, enc_lengths, seconds)
 
 
 @dataclass
@@ -125,6 +136,8 @@ class UtteranceResult:
     texts: dict[str, str] = field(default_factory=dict)  # mode -> hypothesis text
     words: dict[str, ErrorCounts] = field(default_factory=dict)  # mode -> word errors
     chars: dict[str, ErrorCounts] = field(default_factory=dict)  # mode -> character errors
+    # mode -> the n-best (text, score), best first, with decode.nbest > 1
+    nbests: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,8 +310,9 @@ def _decode_loaded(transcriber, batch: list[_Loaded], clock: _Clock) -> list[Utt
     for b, loaded in enumerate(batch):
         feats[b, : lengths[b]] = loaded.feats
     start = time.perf_counter()
+    cfg = transcriber.decode_cfg
     out = decode_batch(
-        transcriber.backend, feats, lengths, transcriber.decode_cfg, transcriber.lexicon
+        transcriber.backend, feats, lengths, cfg, transcriber.lexicon, transcriber.context
     )
     clock.wall += time.perf_counter() - start
     clock.encoder += out.seconds["encoder"]
@@ -310,6 +324,9 @@ def _decode_loaded(transcriber, batch: list[_Loaded], clock: _Clock) -> list[Utt
             utterance.texts[mode] = text
             utterance.words[mode] = word_errors(utterance.ref, text)
             utterance.chars[mode] = char_errors(utterance.ref, text)
+        if cfg.nbest > 1:
+            for loaded, nbest in zip(batch, out.nbests[mode], strict=True):
+                loaded.utterance.nbests[mode] = transcriber.nbest_texts(nbest)
     return [loaded.utterance for loaded in batch]
 
 
@@ -326,11 +343,23 @@ def error_row(utterance: UtteranceResult, mode: str) -> str:
 
 
 def write_outputs(out_dir: Path, result: DecodeResult, summary: DecodeSummary) -> None:
-    """Per mode hyps.txt and errors.txt; ref.txt, failed.txt, summary.json, summary.txt."""
+    """Per mode hyps.txt and errors.txt (and nbest.jsonl with decode.nbest > 1); ref.txt,
+    failed.txt, summary.json, summary.txt."""
     for mode in summary.modes:
         (out_dir / mode).mkdir(parents=True, exist_ok=True)
         hyps = "".join(f"{u.key}\t{u.texts[mode]}\n" for u in result.utterances)
         write_text_atomic(out_dir / mode / "hyps.txt", hyps)
+        if summary.decode.nbest > 1:
+            lines = (
+                json.dumps(
+                    {
+                        "key": u.key,
+                        "nbest": [{"text": t, "score": round(x, 4)} for t, x in u.nbests[mode]],
+                    }
+                )
+                for u in result.utterances
+            )
+            write_text_atomic(out_dir / mode / "nbest.jsonl", "".join(f"{x}\n" for x in lines))
         errors = "".join(f"{error_row(u, mode)}\n" for u in result.utterances)
         write_text_atomic(out_dir / mode / "errors.txt", f"{ERRORS_HEADER}\n{errors}")
     refs = "".join(f"{u.key}\t{u.ref}\n" for u in result.utterances)

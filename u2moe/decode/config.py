@@ -42,6 +42,12 @@ class DecodeConfig:
     lm: str | None = None
     lm_weight: float = 0.8
     word_score: float = 1.0
+    # hotwords (decode/context.py): a file of phrases (one per line, optional `:SCORE`) whose
+    # tokens earn context_score each in the CTC prefix beam search
+    context: str | None = None
+    context_score: float = 2.0
+    nbest: int = 1  # hypotheses reported per utterance (n-best modes; at most beam_size)
+    top_k: int | None = None  # MoE experts per frame at inference; None: as trained
     chunk_size: int = -1  # decoding chunk in encoder frames; -1: full context
     num_left_chunks: int = -1  # chunks of left context; -1: all of it
     # True: run the encoder chunk by chunk with caches (decode.stream.EncoderStream), one
@@ -61,6 +67,11 @@ class DecodeConfig:
             ),
             (self.lm_weight >= 0.0, f"lm_weight must be >= 0, got {self.lm_weight}"),
             (self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}"),
+            (
+                1 <= self.nbest <= self.beam_size,
+                f"nbest must be in [1, beam_size {self.beam_size}], got {self.nbest}",
+            ),
+            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
             (0.0 <= self.ctc_weight, f"ctc_weight must be >= 0, got {self.ctc_weight}"),
             (
                 0.0 <= self.reverse_weight <= 1.0,

@@ -26,7 +26,7 @@ from u2moe.data.config import FeatureConfig
 from u2moe.data.features import OnlineFbank
 from u2moe.decode.config import DecodeConfig
 from u2moe.decode.endpoint import Endpoint
-from u2moe.decode.search import CtcPrefixBeamSearch, attention_rescoring
+from u2moe.decode.search import CtcPrefixBeamSearch, rescored_nbests
 from u2moe.decode.stream import EncoderStream, encoder_step_batch
 from u2moe.decode.timestamps import TimedUnit, timed_units
 
@@ -39,6 +39,8 @@ class RecognitionResult:
     start: float  # seconds from the start of the stream where this utterance began
     end: float  # seconds from the start of the stream decoded so far
     words: list[TimedUnit] | None = None  # final results with timestamps on (stream seconds)
+    # final results: the rescored n-best (text, score), best first, cfg.nbest long at most
+    nbest: list[tuple[str, float]] | None = None
 
 
 class Recognizer:
@@ -59,13 +61,16 @@ class Recognizer:
         feature_cfg: FeatureConfig | None = None,
         timestamps: bool = False,
         lexicon=None,
+        context=None,
     ):
+        """context: a decode.context.ContextGraph of hotwords for the prefix beam search."""
         self.backend = backend
         self.tokenizer = tokenizer
         self.cfg = cfg or DecodeConfig()
         self.feature_cfg = feature_cfg or FeatureConfig()
         self.timestamps = timestamps
         self.lexicon = lexicon
+        self.context = context
         info = backend.info
         self.frame_shift = info.subsampling_rate * self.feature_cfg.frame_shift / 1000
         self._new_stream()
@@ -85,7 +90,7 @@ class Recognizer:
         if self.lexicon is not None:
             self.search = self.lexicon.stream()
         else:
-            self.search = CtcPrefixBeamSearch(self.cfg.beam_size)
+            self.search = CtcPrefixBeamSearch(self.cfg.beam_size, context=self.context)
         self.enc_chunks: list[np.ndarray] = []  # (t, d) each
         self.ctc_chunks: list[np.ndarray] = []  # (t, V) each
 
@@ -155,12 +160,14 @@ class Recognizer:
     def _final_result(self) -> RecognitionResult:
         start, end = self._times()
         if self.stream.offset == 0:
-            return RecognitionResult("", [], True, start, end, [] if self.timestamps else None)
+            return RecognitionResult(
+                "", [], True, start, end, [] if self.timestamps else None, [("", 0.0)]
+            )
         if self.lexicon is not None:
-            best = self.search.finish()
+            nbest = [self.search.finish()]
         else:
             enc = np.concatenate(self.enc_chunks)[None]
-            (best,) = attention_rescoring(
+            (nbest,) = rescored_nbests(
                 self.backend,
                 [self.search.nbest()],
                 enc,
@@ -168,6 +175,7 @@ class Recognizer:
                 self.cfg.ctc_weight,
                 self.cfg.reverse_weight,
             )
+        best = nbest[0]
         words = None
         if self.timestamps:
             log_probs = np.concatenate(self.ctc_chunks)
@@ -175,9 +183,8 @@ class Recognizer:
                 log_probs, best.tokens, self.tokenizer.units, self.frame_shift, end - start, start
             )
             words = [] if timed is None else timed[1]
-        return RecognitionResult(
-            self.tokenizer.decode(best.tokens), best.tokens, True, start, end, words
-        )
+        texts = [(self.tokenizer.decode(h.tokens), h.score) for h in nbest[: self.cfg.nbest]]
+        return RecognitionResult(texts[0][0], best.tokens, True, start, end, words, texts)
 
 
 def decode_ready_batch(recognizers: list[Recognizer]) -> list[list[RecognitionResult]]:

@@ -78,14 +78,31 @@ class CtcPrefixBeamSearch:
     beam_size**2 additions in log space, and tensors are converted to lists once per call.
     """
 
-    def __init__(self, beam_size: int, blank_id: int = 0):
+    def __init__(self, beam_size: int, blank_id: int = 0, context=None):
+        """context: a decode.context.ContextGraph of hotwords; a prefix is ranked by its CTC
+        score plus the bonus its tokens earned in the graph (WeNet's context biasing)."""
         self.beam_size = beam_size
         self.blank_id = blank_id
+        self.context = context
         self.reset()
 
     def reset(self) -> None:
         # prefix -> [log p(ending in blank), log p(ending in a token)], best first
         self.beam: list[tuple[tuple[int, ...], list[float]]] = [((), [0.0, NEG_INF])]
+        # prefix -> (its state in the context graph, the bonus it earned so far)
+        self.bonuses = {(): (self.context.root, 0.0)} if self.context is not None else {}
+
+    def _bonus(self, prefix: tuple[int, ...]) -> float:
+        """The context bonus of a prefix (0 without a context graph); a new prefix extends
+        one of the previous beam by one token, so one graph step computes it."""
+        if self.context is None:
+            return 0.0
+        entry = self.bonuses.get(prefix)
+        if entry is None:
+            state, bonus = self.bonuses[prefix[:-1]]
+            state, delta = self.context.step(state, prefix[-1])
+            entry = self.bonuses[prefix] = (state, bonus + delta)
+        return entry[1]
 
     def advance(self, log_probs: np.ndarray) -> None:
         """Consume frames: log_probs (T, V) of one utterance."""
@@ -113,21 +130,38 @@ class CtcPrefixBeamSearch:
                         entry[1] = _log_add(entry[1], total + p)
             # sorted() is stable: ties keep insertion order, as WeNet's search does. Prefixes
             # with no path ("a a" reached from "a" without a blank) are dropped.
-            ranked = sorted(next_beam.items(), key=lambda kv: _log_add(*kv[1]), reverse=True)
+            ranked = sorted(
+                next_beam.items(),
+                key=lambda kv: _log_add(*kv[1]) + self._bonus(kv[0]),
+                reverse=True,
+            )
             self.beam = [kv for kv in ranked[: self.beam_size] if max(kv[1]) > NEG_INF]
+            if self.context is not None:  # keep the graph states of the surviving prefixes
+                self.bonuses = {prefix: self.bonuses[prefix] for prefix, _ in self.beam}
 
     def nbest(self) -> list[Hypothesis]:
-        """The surviving prefixes, best first, scored log(p_blank_ending + p_token_ending)."""
-        return [Hypothesis(list(prefix), _log_add(pb, pnb)) for prefix, (pb, pnb) in self.beam]
+        """The surviving prefixes, best first, scored log(p_blank_ending + p_token_ending)
+        plus, with a context graph, the bonus of the whole hotwords each holds (a partial
+        match at its end earns nothing)."""
+        if self.context is None:
+            return [Hypothesis(list(p), _log_add(pb, pnb)) for p, (pb, pnb) in self.beam]
+        hyps = []
+        for prefix, (pb, pnb) in self.beam:
+            state, bonus = self.bonuses[prefix]
+            hyps.append(
+                Hypothesis(list(prefix), _log_add(pb, pnb) + bonus + self.context.finish(state))
+            )
+        return sorted(hyps, key=lambda h: h.score, reverse=True)
 
 
 def ctc_prefix_beam_search(
-    log_probs: np.ndarray, lengths: np.ndarray, beam_size: int
+    log_probs: np.ndarray, lengths: np.ndarray, beam_size: int, context=None
 ) -> list[list[Hypothesis]]:
-    """The n-best list (best first) of each utterance. log_probs (B, T, V), lengths (B,)."""
+    """The n-best list (best first) of each utterance. log_probs (B, T, V), lengths (B,);
+    context: an optional hotword ContextGraph (CtcPrefixBeamSearch)."""
     nbests = []
     for logp, length in zip(host_array(log_probs), host_array(lengths).tolist(), strict=True):
-        search = CtcPrefixBeamSearch(beam_size)
+        search = CtcPrefixBeamSearch(beam_size, context=context)
         search.advance(logp[:length])
         nbests.append(search.nbest())
     return nbests
@@ -143,19 +177,19 @@ def rescoring_scores(
     return attention + ctc_weight * np.asarray(ctc, dtype=np.float64)
 
 
-def attention_rescoring(
+def rescored_nbests(
     backend,
     nbests: list[list[Hypothesis]],
     enc: np.ndarray,
     enc_lengths: np.ndarray,
     ctc_weight: float,
     reverse_weight: float,
-) -> list[Hypothesis]:
+) -> list[list[Hypothesis]]:
     """U2++ second pass: rescore each utterance's CTC n-best with both attention decoders.
 
     backend: a `u2moe.backends.Backend`; nbests: per utterance, hypotheses whose score is
-    the CTC prefix score; enc (B, T, d), enc_lengths (B,). Returns the best hypothesis per
-    utterance (the first of equal maxima), scored as `rescoring_scores`.
+    the CTC prefix score; enc (B, T, d), enc_lengths (B,). Returns each n-best scored as
+    `rescoring_scores`, best first (equal scores keep the CTC order).
     """
     if reverse_weight > 0 and not backend.info.has_right_decoder:
         raise ValueError("reverse_weight > 0 needs a model with a right-to-left decoder")
@@ -165,6 +199,19 @@ def attention_rescoring(
         l2r, r2l = backend.decoder_scores(utterance, int(length), hyps)
         ctc = np.array([h.score for h in nbest])
         score = rescoring_scores(ctc, l2r, r2l, ctc_weight, reverse_weight)
-        best = int(score.argmax())
-        results.append(Hypothesis(hyps[best], float(score[best])))
+        order = np.argsort(-score, kind="stable")
+        results.append([Hypothesis(hyps[i], float(score[i])) for i in order])
     return results
+
+
+def attention_rescoring(
+    backend,
+    nbests: list[list[Hypothesis]],
+    enc: np.ndarray,
+    enc_lengths: np.ndarray,
+    ctc_weight: float,
+    reverse_weight: float,
+) -> list[Hypothesis]:
+    """The best hypothesis per utterance of `rescored_nbests`."""
+    rescored = rescored_nbests(backend, nbests, enc, enc_lengths, ctc_weight, reverse_weight)
+    return [nbest[0] for nbest in rescored]

@@ -5,7 +5,8 @@ a hypothesis comes from the Viterbi (forced) alignment of that hypothesis to the
 log-probs, so the timestamps fit whichever search produced the tokens. A token spans
 `gap` seconds either side of its spike, split at the midpoint where neighbours are closer
 than that (WeNet's runtime uses the same 100 ms gap rule). `timed_units` assembles the
-timestamps of a result (its pieces and words) for every caller: the Transcriber, the
+timestamps of a result (its pieces and words, each with a confidence: the CTC posterior
+at the spike) for every caller: the Transcriber, the
 streaming Recognizer and the ONNX runtime. Torch-free: log-probs are numpy arrays.
 """
 
@@ -24,6 +25,8 @@ class TimedUnit:
     text: str
     start: float  # seconds from the start of the audio
     end: float
+    # CTC posterior of a token at its spike frame; of a word, the lowest of its tokens'
+    confidence: float | None = None
 
 
 def ctc_spikes(log_probs: np.ndarray, tokens: list[int], blank_id: int = 0) -> list[int] | None:
@@ -80,25 +83,30 @@ def token_times(
     return times
 
 
-def word_times(pieces: list[str], times: list[tuple[float, float]]) -> list[TimedUnit]:
+def word_times(
+    pieces: list[str], times: list[tuple[float, float]], confidences: list[float] | None = None
+) -> list[TimedUnit]:
     """Group timed token pieces into words.
 
     A piece that starts with the word boundary `▁` (a sentencepiece word start, or the char
     tokenizer's space unit) opens a new word; other pieces continue the current word. A word
-    spans its first to its last non-boundary piece.
+    spans its first to its last non-boundary piece; its confidence is its pieces' lowest.
     """
+    confidences = confidences or [None] * len(pieces)
     words: list[TimedUnit] = []
     open_new = True
-    for piece, (start, end) in zip(pieces, times, strict=True):
+    for piece, (start, end), conf in zip(pieces, times, confidences, strict=True):
         if piece.startswith(WORD_BOUNDARY):
             piece, open_new = piece[len(WORD_BOUNDARY) :], True
         if not piece:
             continue
         if open_new or not words:
-            words.append(TimedUnit(piece, start, end))
+            words.append(TimedUnit(piece, start, end, conf))
             open_new = False
         else:
-            words[-1] = TimedUnit(words[-1].text + piece, words[-1].start, end)
+            last = words[-1]
+            lowest = None if conf is None else min(conf, last.confidence)
+            words[-1] = TimedUnit(last.text + piece, last.start, end, lowest)
     return words
 
 
@@ -120,9 +128,14 @@ def timed_units(
         return None
     times = token_times(spikes, frame_shift, duration)
     pieces = [units[i] for i in tokens]
+    logp = host_array(log_probs)
+    confidences = [round(float(np.exp(logp[f, u])), 4) for f, u in zip(spikes, tokens, strict=True)]
 
     def shifted(unit: TimedUnit) -> TimedUnit:
-        return TimedUnit(unit.text, round(start + unit.start, 3), round(start + unit.end, 3))
+        return TimedUnit(
+            unit.text, round(start + unit.start, 3), round(start + unit.end, 3), unit.confidence
+        )
 
-    timed_pieces = [TimedUnit(p, *t) for p, t in zip(pieces, times, strict=True)]
-    return [shifted(p) for p in timed_pieces], [shifted(w) for w in word_times(pieces, times)]
+    timed_pieces = [TimedUnit(p, *t, c) for p, t, c in zip(pieces, times, confidences, strict=True)]
+    words = word_times(pieces, times, confidences)
+    return [shifted(p) for p in timed_pieces], [shifted(w) for w in words]

@@ -29,6 +29,7 @@ from u2moe.data.features import compute_fbank
 from u2moe.data.tokenizer import Tokenizer
 from u2moe.decode.batch import decode_batch
 from u2moe.decode.config import MODES, DecodeConfig
+from u2moe.decode.context import ContextGraph
 from u2moe.decode.recognizer import Recognizer
 from u2moe.decode.timestamps import TimedUnit, timed_units
 from u2moe.errors import UserError
@@ -40,6 +41,7 @@ class Transcription:
     tokens: list[int]
     words: list[TimedUnit] | None = None  # with timestamps: seconds from the start of the audio
     pieces: list[TimedUnit] | None = None  # the same per token (unit strings as in units.txt)
+    nbest: list[tuple[str, float]] | None = None  # with decode.nbest > 1: (text, score) each
 
     def __str__(self) -> str:
         return self.text
@@ -50,6 +52,8 @@ class Transcription:
             units = getattr(self, name)
             if units is not None:
                 out[name] = [dataclasses.asdict(u) for u in units]
+        if self.nbest is not None:
+            out["nbest"] = [{"text": text, "score": round(score, 4)} for text, score in self.nbest]
         return out
 
 
@@ -77,6 +81,11 @@ class Transcriber:
                 decode_cfg.beam_size,
                 decode_cfg.lm_weight,
                 decode_cfg.word_score,
+            )
+        self.context = None  # hotwords for the CTC prefix beam search, if given
+        if decode_cfg.context is not None:
+            self.context = ContextGraph.from_file(
+                decode_cfg.context, tokenizer, decode_cfg.context_score
             )
 
     @property
@@ -140,9 +149,12 @@ class Transcriber:
             raise UserError(f"{mode} needs an LM directory: load_model(..., lm=DIR)")
         feats = self.features(audio, sample_rate)
         cfg = dataclasses.replace(self.decode_cfg, modes=[mode])
-        out = decode_batch(self.backend, feats[None], np.array([len(feats)]), cfg, self.lexicon)
+        lengths = np.array([len(feats)])
+        out = decode_batch(self.backend, feats[None], lengths, cfg, self.lexicon, self.context)
         hyp = out.hyps[mode][0]
         result = Transcription(self.tokenizer.decode(hyp.tokens), hyp.tokens)
+        if cfg.nbest > 1:
+            result.nbest = self.nbest_texts(out.nbests[mode][0])
         if timestamps:
             log_probs = out.ctc_log_probs[0, : int(out.enc_lengths[0])]
             duration = self.duration(len(feats))
@@ -153,6 +165,10 @@ class Transcriber:
                 raise UserError("the attention result has no CTC alignment: no timestamps for it")
             result.pieces, result.words = timed
         return result
+
+    def nbest_texts(self, nbest: list) -> list[tuple[str, float]]:
+        """(text, score) of the first decode.nbest hypotheses of an n-best."""
+        return [(self.tokenizer.decode(h.tokens), h.score) for h in nbest[: self.decode_cfg.nbest]]
 
     def recognizer(self, timestamps: bool = False) -> Recognizer:
         """A streaming Recognizer with this model's settings (chunk_size -1: decode at the
@@ -167,4 +183,5 @@ class Transcriber:
             self.data_cfg.features,
             timestamps,
             lexicon,
+            self.context,
         )
