@@ -11,6 +11,7 @@ import torch
 import u2moe
 from u2moe.cli import main
 from u2moe.decode.batch import decode_batch, load_summary
+from u2moe.decode.config import DecodeConfig
 from u2moe.decode.scoring import char_errors, word_errors
 from u2moe.errors import UserError
 from u2moe.model.config import DecoderConfig, EncoderConfig, ModelConfig
@@ -311,3 +312,58 @@ def test_nbest_confidence_hotwords_and_top_k_options(corpus, tmp_path, capsys):
         assert main(["transcribe", *model, *extra, wav]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_long_audio_is_decoded_as_a_stream_with_file_times(corpus):
+    """Audio over long_audio_seconds takes the streaming path (chunked attention, segments
+    at endpoints): the same result as the streaming recognizer with that chunk."""
+    samples = np.concatenate([tone(1.7, 1), np.zeros(16000, np.float32), tone(1.3, 3)])
+    long = u2moe.load_model(corpus / "model", long_audio_seconds=2.0)
+    result = long.transcribe(samples, timestamps=True)
+    stream = u2moe.load_model(corpus / "model", chunk_size=16, num_left_chunks=16)
+    recognizer = stream.recognizer(timestamps=True)
+    finals = [r for r in recognizer.accept_waveform(samples) if r.final]
+    finals = [r for r in [*finals, recognizer.finish()] if r.tokens]
+    assert result.text == " ".join(r.text for r in finals)
+    assert [(w.text, w.start) for w in result.words] == [
+        (w.text, w.start) for r in finals for w in r.words
+    ]
+    assert all(0 <= w.start <= w.end <= len(samples) / 16000 for w in result.words)
+    # under the threshold, the same audio is decoded whole
+    assert u2moe.load_model(corpus / "model").transcribe(samples).tokens != []
+
+
+def test_batches_keep_to_a_frame_budget_and_long_audio_goes_alone():
+    from u2moe.decode.batch import UtteranceResult, _batches, _Loaded
+
+    cfg = DecodeConfig(batch_size=3, batch_frames=1000, long_audio_seconds=5.0)
+    lengths = [100, 900, 300, 250, 240, 30, 600]
+    seconds = [frames / 100 for frames in lengths]
+    bucket = [
+        _Loaded(UtteranceResult(f"k{i}", i, "", s), np.zeros((n, 80), np.float32))
+        for i, (n, s) in enumerate(zip(lengths, seconds, strict=True))
+    ]
+    batches = [[b.utterance.key for b in batch] for batch in _batches(bucket, cfg)]
+    assert batches == [["k1"], ["k6"], ["k2", "k3", "k4"], ["k0", "k5"]]
+    for batch in _batches(bucket, cfg):
+        assert len(batch) * max(len(b.feats) for b in batch) <= 1000 or len(batch) == 1
+
+
+def test_an_utterance_that_fails_to_decode_costs_only_itself(corpus, tmp_path, monkeypatch, capsys):
+    import u2moe.decode.batch as batch_module
+
+    real = batch_module.decode_batch
+
+    def failing(backend, feats, lengths, cfg, *rest):
+        if max(lengths) > 150:  # the longest utterance (u1, 1.7 s) runs out of memory
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory\nmore")
+        return real(backend, feats, lengths, cfg, *rest)
+
+    monkeypatch.setattr(batch_module, "decode_batch", failing)
+    out = tmp_path / "out"
+    argv = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
+    assert main([*argv, "--out", str(out), "--mode", "ctc_greedy_search"]) == 1
+    assert "u1: decoding failed: DefaultCPUAllocator" in capsys.readouterr().err
+    keys = [row[0] for row in read_table(out / "ctc_greedy_search" / "hyps.txt")]
+    assert keys == ["u0", "u2", "u3"]
+    assert read_table(out / "failed.txt")[0][0] == "u1"

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from u2moe.api import load_model
 from u2moe.commands.arguments import output_dir, positive_int
@@ -26,6 +25,7 @@ from u2moe.decode.batch import DecodeSummary, decode_manifest, format_summary, w
 from u2moe.decode.config import MODES
 from u2moe.errors import UserError
 from u2moe.model.packing import pack_for_cpu
+from u2moe.progress import progress as progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with tqdm(total=len(manifest), unit="utt", desc="decode", dynamic_ncols=True) as progress:
+    with progress_bar(total=len(manifest), unit="utt", desc="decode") as progress:
 
         def failed(key: str, reason: str) -> None:
             progress.write(f"u2moe decode: error: {key}: {reason}", file=sys.stderr)

@@ -265,10 +265,19 @@ def decode_manifest(
             on_failure(key, reason)
 
     def flush() -> None:
-        bucket.sort(key=lambda loaded: len(loaded.feats), reverse=True)
-        for start in range(0, len(bucket), cfg.batch_size):
-            batch = bucket[start : start + cfg.batch_size]
-            decoded.extend(_decode_loaded(transcriber, batch, clock))
+        for batch in _batches(bucket, cfg):
+            try:
+                decoded.extend(_decode_loaded(transcriber, batch, clock))
+            except (MemoryError, RuntimeError) as e:  # e.g. out of memory: one at a time
+                if len(batch) == 1:
+                    fail(batch[0].utterance.key, f"decoding failed: {str(e).splitlines()[0]}")
+                    continue
+                for loaded in batch:
+                    try:
+                        decoded.extend(_decode_loaded(transcriber, [loaded], clock))
+                    except (MemoryError, RuntimeError) as e:
+                        reason = f"decoding failed: {str(e).splitlines()[0]}"
+                        fail(loaded.utterance.key, reason)
             if on_decoded is not None:
                 audio = sum(u.seconds for u in decoded)
                 on_decoded(len(batch), clock.wall / max(audio, 1e-9))
@@ -303,8 +312,53 @@ def decode_manifest(
     return DecodeResult(decoded, failed, modes, audio, clock.wall)
 
 
+def _batches(bucket: list[_Loaded], cfg: DecodeConfig) -> list[list[_Loaded]]:
+    """Utterances sorted by length, longest first, in batches of at most cfg.batch_size
+    utterances and cfg.batch_frames padded frames; audio longer than cfg.long_audio_seconds
+    alone (it is decoded as a stream)."""
+    batches: list[list[_Loaded]] = []
+    for loaded in sorted(bucket, key=lambda loaded: len(loaded.feats), reverse=True):
+        batch = batches[-1] if batches else None
+        fits = (
+            batch is not None
+            and len(batch) < cfg.batch_size
+            and (len(batch) + 1) * len(batch[0].feats) <= cfg.batch_frames
+            and batch[0].utterance.seconds <= cfg.long_audio_seconds
+        )
+        if fits:
+            batch.append(loaded)
+        else:
+            batches.append([loaded])
+    return batches
+
+
+def _decode_long(transcriber, loaded: _Loaded, clock: _Clock) -> list[UtteranceResult]:
+    """One utterance longer than long_audio_seconds, by the transcriber's streaming path:
+    its rescored result serves every mode but the lexicon search, which runs on its own."""
+    utterance = loaded.utterance
+    results = {}
+    for mode in transcriber.decode_cfg.modes:
+        start = time.perf_counter()
+        kind = "lexicon" if mode == "ctc_lexicon_beam_search" else "rescored"
+        if kind not in results:
+            results[kind] = transcriber.transcribe_long(loaded.feats, mode, timestamps=False)
+        elapsed = time.perf_counter() - start
+        clock.wall += elapsed
+        clock.search[mode] += elapsed
+        _score(utterance, mode, results[kind].text)
+    return [utterance]
+
+
+def _score(utterance: UtteranceResult, mode: str, text: str) -> None:
+    utterance.texts[mode] = text
+    utterance.words[mode] = word_errors(utterance.ref, text)
+    utterance.chars[mode] = char_errors(utterance.ref, text)
+
+
 def _decode_loaded(transcriber, batch: list[_Loaded], clock: _Clock) -> list[UtteranceResult]:
     """Decode one batch in every mode; score it and count its seconds."""
+    if batch[0].utterance.seconds > transcriber.decode_cfg.long_audio_seconds:
+        return _decode_long(transcriber, batch[0], clock)
     lengths = np.array([len(loaded.feats) for loaded in batch])
     feats = np.zeros((len(batch), lengths.max(), batch[0].feats.shape[1]), dtype=np.float32)
     for b, loaded in enumerate(batch):
@@ -319,11 +373,7 @@ def _decode_loaded(transcriber, batch: list[_Loaded], clock: _Clock) -> list[Utt
     for mode, hyps in out.hyps.items():
         clock.search[mode] += out.seconds[mode]
         for loaded, hyp in zip(batch, hyps, strict=True):
-            utterance = loaded.utterance
-            text = transcriber.tokenizer.decode(hyp.tokens)
-            utterance.texts[mode] = text
-            utterance.words[mode] = word_errors(utterance.ref, text)
-            utterance.chars[mode] = char_errors(utterance.ref, text)
+            _score(loaded.utterance, mode, transcriber.tokenizer.decode(hyp.tokens))
         if cfg.nbest > 1:
             for loaded, nbest in zip(batch, out.nbests[mode], strict=True):
                 loaded.utterance.nbests[mode] = transcriber.nbest_texts(nbest)

@@ -54,6 +54,11 @@ class DecodeConfig:
     # utterance at a time; same results as the chunk mask, honest streaming RTF
     streaming: bool = False
     batch_size: int = 16  # utterances per batch in `u2moe decode`
+    # ... and at most this many padded fbank frames per batch (batch size x longest)
+    batch_frames: int = 40000
+    # Longer audio is decoded as a stream (decode/transcriber.py: chunked attention, segments
+    # cut at endpoints, each rescored), so memory does not grow with the square of its length
+    long_audio_seconds: float = 60.0
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
     def __post_init__(self):
@@ -90,6 +95,11 @@ class DecodeConfig:
                 "streaming decoding needs chunk_size > 0",
             ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batch_frames >= 1, f"batch_frames must be >= 1, got {self.batch_frames}"),
+            (
+                self.long_audio_seconds > 0,
+                f"long_audio_seconds must be > 0, got {self.long_audio_seconds}",
+            ),
             (
                 0.0 < ep.blank_threshold < 1.0,
                 f"endpoint.blank_threshold must be in (0, 1), got {ep.blank_threshold}",

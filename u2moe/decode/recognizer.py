@@ -110,6 +110,12 @@ class Recognizer:
         self._new_stream()
         return result
 
+    def accept_features(self, feats: np.ndarray) -> list[RecognitionResult]:
+        """As `accept_waveform`, for fbank frames (T, 80) computed elsewhere (a whole file's,
+        fed in pieces)."""
+        self.stream.accept_feats(feats)
+        return self.decode_ready()
+
     def feed(self, audio) -> None:
         """Add audio (as `accept_waveform`) without decoding it yet."""
         self.fbank.accept_waveform(self._samples(audio))

@@ -34,6 +34,10 @@ from u2moe.decode.recognizer import Recognizer
 from u2moe.decode.timestamps import TimedUnit, timed_units
 from u2moe.errors import UserError
 
+LONG_AUDIO_CHUNK = 16  # encoder frames per chunk for long audio under a full-context config
+LONG_AUDIO_LEFT_CHUNKS = 16  # chunks of left context there (about 10 s at 40 ms frames)
+LONG_AUDIO_PIECE = 1000  # fbank frames fed to the recognizer at a time
+
 
 @dataclass
 class Transcription:
@@ -148,6 +152,8 @@ class Transcriber:
         if mode == "ctc_lexicon_beam_search" and self.lexicon is None:
             raise UserError(f"{mode} needs an LM directory: load_model(..., lm=DIR)")
         feats = self.features(audio, sample_rate)
+        if self.duration(len(feats)) > self.decode_cfg.long_audio_seconds:
+            return self.transcribe_long(feats, mode, timestamps)
         cfg = dataclasses.replace(self.decode_cfg, modes=[mode])
         lengths = np.array([len(feats)])
         out = decode_batch(self.backend, feats[None], lengths, cfg, self.lexicon, self.context)
@@ -164,6 +170,40 @@ class Transcriber:
             if timed is None:  # only an attention-mode hypothesis can outgrow the CTC frames
                 raise UserError("the attention result has no CTC alignment: no timestamps for it")
             result.pieces, result.words = timed
+        return result
+
+    def transcribe_long(self, feats: np.ndarray, mode: str, timestamps: bool) -> Transcription:
+        """Long audio, in memory that does not grow with the square of its length: the
+        streaming recognizer runs the encoder chunk by chunk (the decode config's chunk, or
+        LONG_AUDIO_CHUNK frames with LONG_AUDIO_LEFT_CHUNKS chunks of left context for a
+        full-context config), cuts segments at endpoints (at most max_utterance_ms each),
+        and rescores each segment with both decoders (the lexicon search: that search).
+        feats (T, 80) of the whole audio; times count from its start. No per-token times."""
+        cfg = self.decode_cfg
+        chunk = cfg.chunk_size if cfg.chunk_size > 0 else LONG_AUDIO_CHUNK
+        left = cfg.num_left_chunks if cfg.chunk_size > 0 else LONG_AUDIO_LEFT_CHUNKS
+        stream_cfg = dataclasses.replace(
+            cfg,
+            modes=[mode],
+            chunk_size=chunk,
+            num_left_chunks=left,
+            endpoint=dataclasses.replace(cfg.endpoint, enabled=True),
+        )
+        lexicon = self.lexicon if mode == "ctc_lexicon_beam_search" else None
+        recognizer = Recognizer(
+            self.backend, self.tokenizer, stream_cfg, self.data_cfg.features, timestamps,
+            lexicon, self.context,
+        )  # fmt: skip
+        finals = []
+        for start in range(0, len(feats), LONG_AUDIO_PIECE):
+            finals += recognizer.accept_features(feats[start : start + LONG_AUDIO_PIECE])
+        finals.append(recognizer.finish())
+        finals = [r for r in finals if r.final and r.tokens]
+        result = Transcription(
+            " ".join(r.text for r in finals), [t for r in finals for t in r.tokens]
+        )
+        if timestamps:
+            result.words = [w for r in finals for w in r.words]
         return result
 
     def nbest_texts(self, nbest: list) -> list[tuple[str, float]]:
