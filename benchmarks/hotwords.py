@@ -69,8 +69,9 @@ def main() -> None:
     print(f"recall of listed words ({occurrences} occurrences): "
           f"without {100 * found['without'] / max(occurrences, 1):.1f}%, "
           f"with {100 * found['with'] / max(occurrences, 1):.1f}%")  # fmt: skip
+    wer = {name: f"{100 * counts.rate:.2f}%" for name, counts in clean.items()}
     print(f"WER on the {clean['with'].ref_length} words of utterances without listed words: "
-          f"without {100 * clean['without'].rate:.2f}%, with {100 * clean['with'].rate:.2f}%")  # fmt: skip
+          f"without {wer['without']}, with {wer['with']}")  # fmt: skip
 
 
 if __name__ == "__main__":
