@@ -40,9 +40,8 @@ def test_report_shares_sum_to_one_and_plots_are_written(corpus, chunk, capsys):
     assert run(corpus, "--out", str(out), "--by", "voice", "--chunk-size", chunk) == 0
     report = json.loads((out / "experts.json").read_text())
     assert report["utterances"] == 4 and report["skipped"] == 1
-    assert list(report["layers"]) == [
-        f"encoder.encoders.{i}.{ffn}" for i in (0, 1) for ffn in ("feed_forward", "feed_forward_macaron")
-    ]
+    ffns = ("feed_forward", "feed_forward_macaron")
+    assert list(report["layers"]) == [f"encoder.encoders.{i}.{f}" for i in (0, 1) for f in ffns]
     for layer in report["layers"].values():
         assert layer["frames"] > 0
         assert sum(layer["share"]) == pytest.approx(1.0)
@@ -62,7 +61,7 @@ def test_counts_equal_a_top_k_over_the_router_weights(corpus):
     inputs = {}
     for name, layer in model.encoder.named_modules():
         if isinstance(layer, MoEFeedForward):
-            layer.register_forward_pre_hook(lambda m, args, name=name: inputs.update({name: args[0]}))
+            layer.register_forward_pre_hook(lambda m, a, name=name: inputs.update({name: a[0]}))
     stats = RoutingStats(model.encoder)
     feats = torch.randn(1, 60, 80)
     with torch.no_grad():

@@ -87,9 +87,7 @@ class RoutingStats:
         self.layers = {
             name: m for name, m in module.named_modules() if isinstance(m, MoEFeedForward)
         }
-        self.sums = {
-            name: LayerSums(m.n_experts, m.top_k) for name, m in self.layers.items()
-        }
+        self.sums = {name: LayerSums(m.n_experts, m.top_k) for name, m in self.layers.items()}
 
     def add(self, group: str | None = None) -> None:
         for name, layer in self.layers.items():
