@@ -131,12 +131,9 @@ def read_init(model_dir: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> dict:
     if units_path.is_file():
         units = read_units(units_path)
         if units != tokenizer.units:
-            first = next(
-                (i for i, (a, b) in enumerate(zip(units, tokenizer.units)) if a != b),
-                min(len(units), len(tokenizer.units)),
-            )
             raise UserError(
-                f"--init {model_dir}: its units differ from the data's (first at id {first})"
+                f"--init {model_dir}: its units.txt ({len(units)} units) is not the data's "
+                f"({len(tokenizer.units)}); token ids would mean other tokens"
             )
     return state
 
