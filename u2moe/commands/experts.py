@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import torch
+    from tqdm import tqdm
 
     from u2moe.api import load_model
     from u2moe.data.files import write_text_atomic
@@ -62,11 +63,11 @@ def main(args: argparse.Namespace) -> int:
         )
     stats = RoutingStats(model.encoder)
     read = 0
-    for utt in utterances:
+    for utt in tqdm(utterances, unit="utt", desc="experts", dynamic_ncols=True):
         try:
             feats = transcriber.features(utt.audio, start=utt.start, end=utt.end, name=utt.key)
         except UserError as e:
-            print(f"u2moe experts: skipped {utt.key}: {e}", file=sys.stderr)
+            tqdm.write(f"u2moe experts: skipped {utt.key}: {e}", file=sys.stderr)
             skipped += 1
             continue
         feats = torch.from_numpy(feats)[None].to(transcriber.device)
