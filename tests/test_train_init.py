@@ -49,6 +49,10 @@ def test_init_starts_from_the_model_weights(data_dir, base, tmp_path, init):
     )
     assert same == init
     assert ("initialized from" in (exp / "train.log").read_text()) == init
+    if init:  # a checkpoint to resume wins over --init: rerunning the command continues
+        run_train(data_dir, exp, still(dense_config()), max_steps=2, init=base, resume=True)
+        assert "ignored: resuming from" in (exp / "train.log").read_text()
+        assert load_checkpoint(exp / "checkpoints" / "step-2.pt")["step"] == 2
 
 
 def test_upcycled_model_trains_on_with_its_own_config(data_dir, base, tmp_path, capsys):
@@ -65,12 +69,17 @@ def test_upcycled_model_trains_on_with_its_own_config(data_dir, base, tmp_path, 
         torch.testing.assert_close(ckpt["model"][key], value, rtol=0, atol=1e-6, msg=key)
 
 
-def test_init_that_does_not_fit_the_config(data_dir, base, tmp_path):
+def test_init_that_does_not_fit_the_config(data_dir, base, tmp_path, capsys):
     config = dense_config()
     config["model"]["encoder"]["d_ff"] = 48
     first = r"encoder\.encoders\.0\.feed_forward\.w_1\.weight \(32, 32\) \(model \(48, 32\)\)"
     with pytest.raises(UserError, match=rf"fit the config: mis-shaped {first}"):
         run_train(data_dir, tmp_path / "exp", config, init=base)
+    moe = ["--config", str(CONFIG), "--data", str(data_dir), "--exp", str(tmp_path / "exp")]
+    assert main(["train", *moe, "--init", str(base)]) == 2  # a dense model for a MoE config
+    err = capsys.readouterr().err
+    assert err.startswith("u2moe train: error: --init ") and "missing" in err
+    assert len(err.strip().splitlines()) == 1
     with pytest.raises(UserError, match="model.pt: no such"):
         run_train(data_dir, tmp_path / "exp", init=tmp_path)
     assert not (tmp_path / "exp").exists()
