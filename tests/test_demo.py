@@ -2,11 +2,22 @@
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from u2moe.demo import DECODINGS, MODES, DemoSize, Model, run_demo, stages_side_by_side
+from u2moe.cli import main
+from u2moe.demo import (
+    DECODINGS,
+    MODES,
+    PAPER_MODELS,
+    DemoSize,
+    Model,
+    paper_table,
+    run_demo,
+    stages_side_by_side,
+)
 from u2moe.errors import UserError
 
 TINY = Path(__file__).parent.parent / "configs" / "tiny.yaml"
@@ -62,3 +73,43 @@ def test_side_by_side_stages_mark_successes_and_name_failures(tmp_path):
     assert "fine" not in str(failure.value)
     assert [p.name for p in (tmp_path / "stages").iterdir()] == ["fine.done"]
     assert "active" in (tmp_path / "logs" / "fine.log").read_text()  # its output, not lost
+
+
+def fake_summary(wer: float, rtf: float) -> SimpleNamespace:
+    """What paper_table reads of a DecodeSummary: per mode the WER rate and the RTF."""
+    mode = SimpleNamespace(wer=SimpleNamespace(rate=wer), rtf=rtf)
+    return SimpleNamespace(modes=dict.fromkeys(MODES, mode))
+
+
+def test_paper_table_has_three_models_and_the_claims_two_ratios():
+    decodings = {d.name: d for d in DECODINGS}
+    # (WER, RTF full context); chunk 16 doubles the RTF
+    measured = {"moe": (0.10, 0.02), "dense": (0.20, 0.01), "wide": (0.08, 0.05)}
+    results = [
+        (Model(name, TINY), decodings[d], fake_summary(wer, rtf * (2 if d == "chunk16" else 1)))
+        for name, (wer, rtf) in measured.items()
+        for d in ("full", "chunk16")
+    ]
+    counts = {"moe": (9_300_000, 3_100_000), "dense": (4_000_000, 3_000_000),
+              "wide": (9_320_000, 9_320_000)}  # fmt: skip
+    lines = paper_table(results, counts)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
+    assert [row.split(" | ")[0] for row in rows] == ["| moe", "| dense", "| wide"]
+    assert rows[0].startswith("| moe | 9.30 M | 3.10 M | 10.00 | 10.00 |")
+    assert rows[2].endswith("| 0.0500 | 0.1000 |")
+    assert f"- WER MoE / wide dense (full context): {MODES[0]} 1.25, {MODES[1]} 1.25" in (
+        "\n".join(lines)
+    )
+    assert "- RTF MoE / small dense (attention_rescoring): full context 2.00, chunk 16 2.00" in (
+        lines
+    )
+    assert paper_table(results[:4], counts) == []  # no wide model: no table (plain demo)
+
+
+def test_demo_paper_trains_the_wide_model_too(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr("u2moe.demo.run_demo", lambda out, models, size: seen.append(models) or "")
+    for extra in ([], ["--paper"]):
+        assert main(["demo", "--quick", "--out", str(tmp_path), *extra]) == 0
+    assert [[m.name for m in models] for models in seen] == [["moe", "dense"], list(PAPER_MODELS)]
+    assert seen[1][2].config == Path("configs/small_dense_wide.yaml")

@@ -23,6 +23,7 @@ COMMANDS = {
     "average": ("u2moe.commands.average", "average the best checkpoints of an experiment"),
     "lm": ("u2moe.commands.lm", "a lexicon and word n-gram LM for ctc_lexicon_beam_search"),
     "decode": ("u2moe.commands.decode", "decode a manifest and score WER/CER and RTF"),
+    "experts": ("u2moe.commands.experts", "what the experts of a MoE model do on a manifest"),
     "transcribe": ("u2moe.commands.transcribe", "transcribe audio files"),
     "demo": ("u2moe.commands.demo", "the main job: corpus, train MoE and dense, decode, report"),
 }

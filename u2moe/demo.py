@@ -14,6 +14,13 @@ as the recipe to copy:
   6. report   one table (WER, RTF, parameters total and active per model and mode) on
               stdout and in OUT/REPORT.md with the training plots
 
+`u2moe demo --paper` adds a third model, "wide" (configs/small_dense_wide.yaml: dense, with
+about the MoE's total parameters), trained and decoded with the same recipe, and a second
+table, the paper's claim at demo scale (MoE-1B reaches Dense-1B's WER at Dense-225M's RTF):
+per model parameters, WER per search and RTF, and the two ratios (MoE WER / wide dense WER,
+MoE RTF / small dense RTF). Its other stages are those of the plain demo, so in the same
+OUT it reuses what a plain demo already did.
+
 A finished stage leaves a marker in OUT/stages/ and is skipped on a rerun with the same
 command; training that was interrupted resumes from its last checkpoint.
 """
@@ -72,8 +79,14 @@ QUICK = DemoSize(("--hours", "0.15", "--dev-utts", "40", "--test-utts", "40"), m
 
 @dataclass
 class Model:
-    name: str  # "moe" or "dense"
+    name: str  # "moe", "dense" or "wide" (the names the comparisons look for)
     config: Path
+
+
+# The paper's three models: the MoE, the dense model of equal active compute (Dense-225M's
+# part) and the dense model of about the MoE's total parameters (Dense-1B's part).
+PAPER_MODELS = ("moe", "dense", "wide")
+PAPER_RTF_MODE = "attention_rescoring"  # the search the paper reports RTF for
 
 
 def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
@@ -264,6 +277,7 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
             "",
             *rtf_ratio,
             "",
+            *paper_table(results, counts),
             *figures,
             "",
         ]
@@ -285,3 +299,49 @@ def rtf_ratios(results: list) -> list[str]:
         )
         lines.append(f"- RTF MoE / dense, {decoding.label}: {ratios}")
     return lines
+
+
+def paper_table(results: list, counts: dict[str, tuple[int, int]]) -> list[str]:
+    """The paper's comparison as Markdown lines, [] unless all of PAPER_MODELS were decoded
+    full context and chunk 16: per model total and active parameters, WER % per search (full
+    context), RTF of PAPER_RTF_MODE full context and chunk 16; then MoE WER / wide dense WER
+    per search and MoE RTF / small dense RTF. results: (Model, Decoding, DecodeSummary);
+    counts: model name -> (total, active per frame)."""
+    by_key = {(model.name, decoding.name): summary for model, decoding, summary in results}
+    if any((name, d) not in by_key for name in PAPER_MODELS for d in ("full", "chunk16")):
+        return []
+    wer = {
+        name: {m: by_key[name, "full"].modes[m].wer.rate for m in MODES} for name in PAPER_MODELS
+    }
+    rtf = {key: summary.modes[PAPER_RTF_MODE].rtf for key, summary in by_key.items()}
+    rows = [
+        "## The paper's claim at demo scale: MoE at the wide dense WER, at the small dense RTF",
+        "",
+        "| model | params (total) | params (active/frame) | "
+        + " | ".join(f"WER % {m}" for m in MODES)
+        + f" | RTF full ({PAPER_RTF_MODE}) | RTF chunk 16 |",
+        "|---|---|---|" + "---|" * (len(MODES) + 2),
+    ]
+    for name in PAPER_MODELS:
+        total, active = counts[name]
+        wers = " | ".join(f"{100 * wer[name][m]:.2f}" for m in MODES)
+        rows.append(
+            f"| {name} | {total / 1e6:.2f} M | {active / 1e6:.2f} M | {wers} "
+            f"| {rtf[name, 'full']:.4f} | {rtf[name, 'chunk16']:.4f} |"
+        )
+    wer_ratios = ", ".join(f"{m} {_ratio(wer['moe'][m], wer['wide'][m])}" for m in MODES)
+    rtf_ratios = ", ".join(
+        f"{label} {_ratio(rtf['moe', d], rtf['dense', d])}"
+        for d, label in (("full", "full context"), ("chunk16", "chunk 16"))
+    )
+    return [
+        *rows,
+        "",
+        f"- WER MoE / wide dense (full context): {wer_ratios}",
+        f"- RTF MoE / small dense ({PAPER_RTF_MODE}): {rtf_ratios}",
+        "",
+    ]
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "n/a (0 below)"

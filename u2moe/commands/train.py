@@ -31,6 +31,12 @@ def add_arguments(parser) -> None:
         "--resume", action="store_true", help="continue from the latest checkpoint in --exp"
     )
     parser.add_argument(
+        "--init",
+        type=Path,
+        help="model directory to start from (its weights; fresh optimizer and schedule); "
+        "a checkpoint that --resume continues wins over it",
+    )
+    parser.add_argument(
         "--max-steps",
         type=positive_int,
         help="stop after this many optimizer steps in total (overrides train.max_steps)",
@@ -56,6 +62,7 @@ def main(args) -> int:
         device=args.device,
         config_name=str(args.config),
         data_type=args.data_type,
+        init=args.init,
     )
     return 0
 

@@ -52,14 +52,22 @@ def plot_losses(records: list[dict], path: Path) -> None:
 def plot_expert_heatmap(fractions: dict[str, list[float]], path: Path, title: str) -> None:
     """Layers x experts, colour = fraction of frames routed to the expert. Layers may have
     different expert counts (encoder and decoder): a shorter row is blank past its end."""
-    names = list(fractions)
-    grid = np.full((len(names), max(map(len, fractions.values()))), np.nan)
+    plot_heatmap(fractions, path, title, "expert", "fraction of frames")
+
+
+def plot_heatmap(
+    rows: dict[str, list[float]], path: Path, title: str, xlabel: str, label: str
+) -> None:
+    """One row per name, one cell per value (columns numbered); rows may differ in length
+    (a shorter row is blank past its end). label: what the colour means."""
+    names = list(rows)
+    grid = np.full((len(names), max(map(len, rows.values()))), np.nan)
     for row, name in zip(grid, names, strict=True):
-        row[: len(fractions[name])] = fractions[name]
+        row[: len(rows[name])] = rows[name]
     fig, ax = plt.subplots(figsize=(2 + 0.5 * grid.shape[1], 1 + 0.28 * len(names)))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xticks(range(grid.shape[1]))
-    ax.set(xlabel="expert", title=title)
-    fig.colorbar(image, ax=ax, label="fraction of frames")
+    ax.set(xlabel=xlabel, title=title)
+    fig.colorbar(image, ax=ax, label=label)
     _save(fig, path)

@@ -31,11 +31,12 @@ from u2moe.data.config import DataConfig
 from u2moe.data.dataset import make_dataloader
 from u2moe.data.files import copy_file_atomic
 from u2moe.data.prepare import check_cmvn_features
-from u2moe.data.tokenizer import Tokenizer, load_tokenizer
+from u2moe.data.tokenizer import Tokenizer, load_tokenizer, read_units
 from u2moe.decode.scoring import ErrorCounts, word_errors
 from u2moe.decode.search import ctc_greedy_search
 from u2moe.errors import UserError
 from u2moe.model.config import ModelConfig
+from u2moe.model.io import UNITS, WEIGHTS, read_state_dict, state_dict_mismatch
 from u2moe.model.u2 import U2Model
 from u2moe.progress import progress
 from u2moe.train import distributed
@@ -117,6 +118,26 @@ def check_experiment(exp_dir: Path, raw: dict[str, Any], resume: bool) -> Path |
     return latest if resume else None
 
 
+def read_init(model_dir: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> dict:
+    """The weights of a model directory, to start a run from; a one-line UserError when
+    they do not fit the model `cfg` builds (naming the first parameters that differ) or
+    the directory's units are not the data's."""
+    state = read_state_dict(model_dir / WEIGHTS)
+    with torch.device("meta"):  # shapes only, no memory
+        problem = state_dict_mismatch(U2Model(cfg), state)
+    if problem:
+        raise UserError(f"--init {model_dir}: its weights do not fit the config: {problem}")
+    units_path = model_dir / UNITS
+    if units_path.is_file():
+        units = read_units(units_path)
+        if units != tokenizer.units:
+            raise UserError(
+                f"--init {model_dir}: its units.txt ({len(units)} units) is not the data's "
+                f"({len(tokenizer.units)}); token ids would mean other tokens"
+            )
+    return state
+
+
 def _first_difference(a: dict, b: dict, where: str) -> str:
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
@@ -138,12 +159,15 @@ def train(
     device: str = "auto",
     config_name: str = "config",
     data_type: str = "auto",
+    init: Path | None = None,
 ) -> Path:
     """Train (or continue) the experiment in `exp_dir`; returns `exp_dir`, a model directory.
 
     data_dir: the prepared data directory (units.txt, optional bpe.model, global_cmvn).
     max_steps: overrides train.max_steps (the total, counted from the first step).
     data_type: of both manifests, `raw`, `shard`, `lhotse` or `auto` (make_dataloader).
+    init: a model directory whose weights (CMVN included) the run starts from, with a fresh
+    optimizer and schedule at step 0; a checkpoint that `resume` continues wins over it.
     Under torchrun every process calls this; rank 0 alone writes files.
     """
     for path in (train_manifest, dev_manifest, data_dir / "global_cmvn"):
@@ -152,7 +176,7 @@ def train(
     info = distributed.setup(device)
     try:
         trainer = Trainer(
-            info, config, config_name, data_dir, train_manifest, dev_manifest, data_type
+            info, config, config_name, data_dir, train_manifest, dev_manifest, data_type, init
         )
         with ExperimentLock(exp_dir) if info.is_main else contextlib.nullcontext() as lock:
             trainer.setup(exp_dir, resume, max_steps)
@@ -229,8 +253,10 @@ class Trainer:
         train_manifest: Path,
         dev_manifest: Path,
         data_type: str = "auto",
+        init: Path | None = None,
     ):
-        """Read the config and the units; writes nothing (a bad config leaves no files)."""
+        """Read the config, the units and the --init weights; writes nothing (a bad config
+        leaves no files)."""
         self.info, self.data_dir = info, data_dir
         self.train_manifest, self.dev_manifest = train_manifest, dev_manifest
         self.data_type = data_type  # of both manifests (make_dataloader)
@@ -239,6 +265,10 @@ class Trainer:
         check_cmvn_features(data_dir, data_cfg.features, config_name)
         self.cfg = resolve_config(config, config_name, self.tokenizer)
         self.precision = resolve_precision(self.cfg.train, info)
+        self.init = init
+        self.init_weights = (
+            None if init is None else read_init(init, self.cfg.model, self.tokenizer)
+        )
 
     # ---- setup ----
     def setup(self, exp_dir: Path, resume: bool, max_steps: int | None) -> None:
@@ -254,6 +284,11 @@ class Trainer:
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         self.model = U2Model(cfg.model)
         self.model.set_cmvn(*load_cmvn(self.data_dir / "global_cmvn"))
+        if self.init_weights is not None and resume_from is None:
+            self.model.load_state_dict(self.init_weights)  # its CMVN with it
+            log.info("initialized from %s (fresh optimizer and schedule)", self.init / WEIGHTS)
+        elif self.init_weights is not None:
+            log.info("--init %s ignored: resuming from %s", self.init, resume_from)
         self.model.to(info.device)
         self.monitor = ExpertMonitor(self.model)
         wrapped = distributed.wrap(self.model, info, tc.strategy, ("ctc_log_probs",))
