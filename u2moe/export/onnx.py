@@ -97,7 +97,8 @@ def encoder_example(model: U2Model, chunk_size: int, left_chunks: int):
     attn = enc.encoders[0].self_attn
     conv = enc.encoders[0].conv_module
     kernel = conv.lorder if conv is not None and conv.lorder else 0
-    frames = (chunk_size - 1) * enc.subsampling_rate + enc.right_context + 1
+    example_chunk = chunk_size if chunk_size > 0 else 16  # full context: any length
+    frames = (example_chunk - 1) * enc.subsampling_rate + enc.right_context + 1
     cache = chunk_size * left_chunks if chunk_size > 0 and left_chunks >= 0 else 0
     t = enc.embed.output_length(frames)
     att_mask = torch.ones(1, 1, cache + t, dtype=torch.bool)
