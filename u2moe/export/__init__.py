@@ -8,7 +8,7 @@ Formats (one directory each):
   `u2moe.runtime` runs it without torch.
 - `sherpa-onnx`: model.onnx + tokens.txt for sherpa-onnx's WeNet CTC models (sherpa.py).
 - `wenet`: a WeNet experiment directory (wenet.py).
-MoE layers keep their top-k sparsity in ONNX (moe.py: the `contrib` form by default).
+MoE layers keep their top-k sparsity in ONNX (moe.py: the `sorted` form by default).
 """
 
 import hashlib
@@ -21,7 +21,7 @@ from u2moe.config import save_yaml
 from u2moe.errors import UserError
 
 FORMATS = ("onnx", "sherpa-onnx", "wenet")
-DEFAULT_MOE_FORM = "contrib"  # the fastest by benchmarks/onnx_moe.py (docs/BENCHMARKS.md)
+DEFAULT_MOE_FORM = "sorted"  # the fastest by benchmarks/onnx_moe.py (docs/BENCHMARKS.md)
 ONNX_FILES = ("encoder.onnx", "ctc.onnx", "decoder.onnx")
 
 

@@ -114,9 +114,9 @@ TRANSLATIONS = {
 def dense_experts(x, weights, w_1, b_1, w_2, b_2, activation: str) -> torch.Tensor:
     """Every expert on every frame: x (N, d), weights (N, E) -> sum_e weights[:, e] * FFN_e(x)."""
     act = {"silu": nn.functional.silu, "relu": torch.relu, "gelu": nn.functional.gelu}
-    h = act[activation](torch.einsum("nd,efd->enf", x, w_1) + b_1.unsqueeze(1))  # (E, N, d_ff)
-    y = torch.einsum("enf,edf->end", h, w_2) + b_2.unsqueeze(1)  # (E, N, d)
-    return torch.einsum("ne,end->nd", weights, y)
+    h = act[activation](x @ w_1.transpose(1, 2) + b_1.unsqueeze(1))  # (E, N, d_ff)
+    y = h @ w_2.transpose(1, 2) + b_2.unsqueeze(1)  # (E, N, d)
+    return (weights.t().unsqueeze(-1) * y).sum(dim=0)
 
 
 class ExportMoE(nn.Module):
