@@ -29,6 +29,7 @@ from u2moe.model.embedding import RelPositionalEncoding
 from u2moe.model.mask import chunk_attention_mask, decoding_chunk, make_pad_mask, training_chunk
 from u2moe.model.moe import make_feed_forward
 from u2moe.model.subsampling import Conv2dSubsampling
+from u2moe.model.window import ChunkWindows
 
 
 class GlobalCMVN(nn.Module):
@@ -262,16 +263,15 @@ class ConformerEncoder(nn.Module):
         """
         if chunk_size <= 0:
             raise ValueError(f"chunk-by-chunk decoding needs chunk_size > 0, got {chunk_size}")
-        context = self.right_context + 1
-        stride = self.subsampling_rate * chunk_size
-        window = (chunk_size - 1) * self.subsampling_rate + context
-        required_cache_size = chunk_size * num_left_chunks
+        windows = ChunkWindows(
+            chunk_size, self.subsampling_rate, self.right_context, num_left_chunks
+        )
         att_cache = feats.new_zeros(0, 0, 0, 0)
         cnn_cache = feats.new_zeros(0, 0, 0, 0)
         outputs, offset = [], 0
-        for start in range(0, feats.size(1) - context + 1, stride):
+        for start, end in windows.chunks(feats.size(1)):
             y, att_cache, cnn_cache = self.forward_chunk(
-                feats[:, start : start + window], offset, required_cache_size, att_cache, cnn_cache
+                feats[:, start:end], offset, windows.required_cache_size, att_cache, cnn_cache
             )
             outputs.append(y)
             offset += y.size(1)
