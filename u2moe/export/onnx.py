@@ -14,7 +14,7 @@ a growing cache exactly (padding slots get negative positions and are masked). W
 chunks C grows from 0 and offset counts encoder frames. A full-context export
 (chunk_size -1) is the same step over a whole utterance with an empty cache.
 
-ctc.onnx: hidden (1, T, d) -> probs (1, T, V) CTC log-probs (WeNet's names).
+ctc.onnx: hidden (B, T, d) -> probs (B, T, V) CTC log-probs (WeNet's names).
 
 decoder.onnx, the scores of an n-best for attention rescoring (one utterance):
   encoder_out (1, T, d); hyps (N, L) = sos + tokens padded with eos; hyps_lens (N,)
@@ -156,8 +156,8 @@ def export_encoder(model: U2Model, path, chunk_size: int, left_chunks: int, moe_
 
 
 def export_ctc(model: U2Model, path) -> None:
-    hidden = torch.randn(1, 16, model.encoder.output_size)
-    dynamic = ({1: torch.export.Dim.AUTO},)
+    hidden = torch.randn(2, 16, model.encoder.output_size)
+    dynamic = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
     export_onnx(CtcHead(model), (hidden,), path, ["hidden"], ["probs"], dynamic, "sorted")
 
 
