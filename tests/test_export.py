@@ -214,3 +214,39 @@ def test_export_errors_are_one_line(tmp_path, full_export, capsys):
         export_model(other, tmp_path / "busy")
     _, _, units = load_model_dir(root / "model")
     assert units == UNITS
+
+
+@pytest.mark.parametrize("ffn", ["moe", "dense"])
+def test_wenet_format_round_trips_through_import_wenet(tmp_path, ffn, capsys):
+    model = tiny_model(ffn)
+    save_model_dir(tmp_path / "model", model, {}, UNITS)
+    assert (
+        cli(
+            ["export", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "wenet")]
+            + ["--format", "wenet"]
+        )
+        == 0
+    )
+    exp = tmp_path / "wenet"
+    assert {"train.yaml", "final.pt", "global_cmvn", "units.txt"} <= {p.name for p in exp.iterdir()}
+    raw = torch.load(exp / "final.pt", weights_only=True)
+    if ffn == "moe":  # WeNet's names: a gate and a list of experts
+        assert "encoder.encoders.0.feed_forward.gate.weight" in raw
+        assert "encoder.encoders.0.feed_forward.experts.3.w_2.bias" in raw
+    args = ["import-wenet", "--config", str(exp / "train.yaml"), "--checkpoint"]
+    assert cli([*args, str(exp / "final.pt"), "--out", str(tmp_path / "back")]) == 0
+    back, _, units = load_model_dir(tmp_path / "back")
+    assert units == UNITS
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    feats = torch.randn(2, 120, 80)
+    with torch.no_grad():
+        want, _ = model.encode(feats, torch.tensor([120, 90]))
+        got, _ = back.encode(feats, torch.tensor([120, 90]))
+    assert torch.equal(got, want)
+    # WeNet's global_cmvn (JSON statistics) gives back the model's CMVN
+    from u2moe.model.wenet import load_wenet_cmvn
+
+    mean, istd = load_wenet_cmvn(exp / "global_cmvn")
+    torch.testing.assert_close(mean, model.encoder.global_cmvn.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(istd, model.encoder.global_cmvn.istd, rtol=1e-5, atol=1e-6)
