@@ -23,6 +23,7 @@ decoder.onnx, the scores of an n-best for attention rescoring (one utterance):
   hypothesis followed by eos (r_score is 0 without a right decoder).
 """
 
+import logging
 from pathlib import Path
 
 import onnx
@@ -206,13 +207,17 @@ def quantize(path: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target = path.with_suffix(".int8.onnx")
-    quantize_dynamic(
-        path,
-        target,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm"],
-    )
+    logging.disable(logging.WARNING)  # its advice to pre-process, once per file
+    try:
+        quantize_dynamic(
+            path,
+            target,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     return target
 
 
