@@ -23,6 +23,8 @@ decoder.onnx, the scores of an n-best for attention rescoring (one utterance):
   hypothesis followed by eos (r_score is 0 without a right decoder).
 """
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -123,7 +125,8 @@ def export_onnx(module, args, path, input_names, output_names, dynamic_shapes, m
     register_moe_schema()
     module = with_moe_form(module, moe_form).eval()
     size = sum(p.numel() * p.element_size() for p in module.parameters())
-    with torch.no_grad():
+    # the exporter prints its progress on stdout: kept out of the command's output
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
             module,
             args,
