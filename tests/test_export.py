@@ -4,6 +4,7 @@ import contextlib
 import io
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -12,7 +13,8 @@ from u2moe.cli import main as cli
 from u2moe.config import load_yaml
 from u2moe.errors import UserError
 from u2moe.export import export_model
-from u2moe.export.onnx import add_metadata, encoder_metadata, export_encoder
+from u2moe.export.moe import FORMS
+from u2moe.export.onnx import add_metadata, encoder_metadata, export_encoder, export_onnx
 from u2moe.model.config import DecoderConfig, EncoderConfig, FFNConfig, ModelConfig
 from u2moe.model.io import load_model_dir, save_model_dir
 from u2moe.model.u2 import U2Model, decoder_inputs
@@ -100,6 +102,26 @@ def test_encoder_onnx_chunk_by_chunk_equals_forward_chunk(tmp_path, ffn, chunk_s
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_every_moe_form_equals_the_pytorch_layer(tmp_path, form):
+    from u2moe.model.moe import MoEFeedForward
+
+    torch.manual_seed(0)
+    layer = MoEFeedForward(16, 24, torch.nn.ReLU(), n_experts=4, top_k=2).eval()
+    auto = torch.export.Dim.AUTO
+    export_onnx(
+        layer, (torch.randn(1, 7, 16),), tmp_path / "moe.onnx", ["x"], ["y"], ({1: auto},), form
+    )
+    sess = session(tmp_path / "moe.onnx")
+    for frames in (1, 5, 33):
+        x = torch.randn(1, frames, 16)
+        with torch.no_grad():
+            want = layer.forward_reference(x)
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], want.numpy(), atol=1e-5)
+    nodes = {node.op_type for node in onnx.load(str(tmp_path / "moe.onnx")).graph.node}
+    assert ("MoE" in nodes) == (form == "contrib")
+
+
 @pytest.fixture(scope="module")
 def full_export(tmp_path_factory):
     """A MoE model directory and its full-context export with int8 files."""
@@ -131,7 +153,7 @@ def test_full_context_export_equals_forward_ctc_and_decoders(full_export):
     model, root = full_export
     out = root / "onnx"
     config = load_yaml(out / "config.yaml")
-    assert config["export"]["chunk_size"] == -1 and config["export"]["moe_form"] == "contrib"
+    assert config["export"]["chunk_size"] == -1 and config["export"]["moe_form"] == "sorted"
     assert (out / "units.txt").read_text().split()[::2] == UNITS
     torch.manual_seed(2)
     for frames in (300, 41):  # dynamic number of frames

@@ -149,14 +149,14 @@ def with_moe_form(model: nn.Module, form: str) -> nn.Module:
         raise ValueError(f"MoE form must be one of {FORMS}, got {form!r}")
     if form == "sorted":
         return model
+    if is_moe(model):
+        return ExportMoE(model, form)
     model = copy.copy(model)  # the modules below are replaced on shallow copies only
     model._modules = dict(model._modules)
     for name, child in model._modules.items():
         if child is None:
             continue
-        model._modules[name] = (
-            ExportMoE(child, form) if is_moe(child) else with_moe_form(child, form)
-        )
+        model._modules[name] = with_moe_form(child, form)
     return model
 
 
