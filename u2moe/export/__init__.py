@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from u2moe.config import save_yaml
+from u2moe.config import load_yaml, save_yaml
 from u2moe.errors import UserError
 
 FORMATS = ("onnx", "sherpa-onnx", "wenet")
@@ -42,8 +42,6 @@ def check_output_dir(out: Path, fingerprint: str) -> None:
         raise UserError(f"{out}: exists and is not a directory")
     if not any(out.iterdir()):
         return
-    from u2moe.config import load_yaml
-
     config = out / "config.yaml"
     section = load_yaml(config).get("export") if config.is_file() else None
     if not isinstance(section, dict):
