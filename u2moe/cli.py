@@ -25,6 +25,7 @@ COMMANDS = {
     "decode": ("u2moe.commands.decode", "decode a manifest and score WER/CER and RTF"),
     "experts": ("u2moe.commands.experts", "what the experts of a MoE model do on a manifest"),
     "transcribe": ("u2moe.commands.transcribe", "transcribe audio files"),
+    "export": ("u2moe.commands.export", "ONNX / sherpa-onnx / WeNet export of a model"),
     "demo": ("u2moe.commands.demo", "the main job: corpus, train MoE and dense, decode, report"),
 }
 
