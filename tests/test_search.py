@@ -2,6 +2,7 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,3 +235,15 @@ def test_verify_wenet_checks_every_decoding_result():
     assert by_name["decode_chunk4.attention_rescoring[0]"].ok
     assert not by_name["decode_chunk4.attention_rescoring[1]"].ok
     assert not {"decode_full", "decode_full_params", "decode_chunk4"} & set(unchecked)
+
+
+def test_timestamps_of_a_long_hypothesis():
+    """More than 63 tokens: alignment states past int8's range (a numpy 2 overflow once)."""
+    from u2moe.decode.timestamps import ctc_spikes
+
+    tokens = [2 + i % 5 for i in range(80)]
+    log_probs = np.full((200, 8), -10.0)
+    for i, token in enumerate(tokens):
+        log_probs[2 * i + 1, token] = 0.0
+    log_probs[log_probs.max(axis=1) < 0, 0] = 0.0
+    assert ctc_spikes(log_probs, tokens) == [2 * i + 1 for i in range(80)]

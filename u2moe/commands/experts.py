@@ -36,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from u2moe.api import load_model
     from u2moe.data.files import write_text_atomic
@@ -44,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from u2moe.errors import UserError
     from u2moe.model.moe import mark_real_frames, moe_layers
     from u2moe.model.routing_stats import RoutingStats
+    from u2moe.progress import progress
     from u2moe.train.plots import plot_heatmap
 
     transcriber = load_model(args.model)
@@ -63,11 +63,12 @@ def main(args: argparse.Namespace) -> int:
         )
     stats = RoutingStats(model.encoder)
     read = 0
-    for utt in tqdm(utterances, unit="utt", desc="experts", dynamic_ncols=True):
+    bar = progress(utterances, unit="utt", desc="experts")
+    for utt in bar:
         try:
             feats = transcriber.features(utt.audio, start=utt.start, end=utt.end, name=utt.key)
         except UserError as e:
-            tqdm.write(f"u2moe experts: skipped {utt.key}: {e}", file=sys.stderr)
+            bar.write(f"u2moe experts: skipped {utt.key}: {e}", file=sys.stderr)
             skipped += 1
             continue
         feats = torch.from_numpy(feats)[None].to(transcriber.device)

@@ -59,7 +59,7 @@ def ctc_spikes(log_probs: np.ndarray, tokens: list[int], blank_id: int = 0) -> l
     path = np.empty(len(emit), dtype=np.int64)
     for t in range(len(emit) - 1, -1, -1):
         path[t] = state
-        state -= back[t, state]
+        state -= int(back[t, state])  # a numpy int8 would overflow with the state index
     spikes = []
     for i, token in enumerate(tokens):
         frames = np.flatnonzero(path == 2 * i + 1)
