@@ -5,10 +5,16 @@ tiny_model`) because tests call them with different options; `peaky` makes a ran
 model decode without near-ties, as a trained one would.
 """
 
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import torch
 
 from u2moe.model.config import ChunkConfig, DecoderConfig, EncoderConfig, FFNConfig, ModelConfig
 from u2moe.model.u2 import U2Model
+from u2moe.train.checkpoint import read_index
 
 
 def tiny_config(
@@ -39,3 +45,16 @@ def peaky(model: U2Model) -> U2Model:
         model.ctc.ctc_lo.weight.mul_(8.0)
     model.set_cmvn(torch.full((80,), 8.0), torch.full((80,), 0.25))
     return model
+
+
+def kill_at_first_checkpoint(argv: list[str], exp: Path, env: dict) -> int:
+    """Run a `u2moe train` command line, kill -9 it once its first checkpoint is indexed,
+    and return the step of its last checkpoint."""
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+    index = exp / "checkpoints" / "index.json"
+    deadline = time.monotonic() + 120
+    while not index.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return read_index(exp / "checkpoints")[-1]["step"]

@@ -1,19 +1,18 @@
 """Training from tar shards: the same model as from the manifest, and an exact resume."""
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_at_first_checkpoint
 from test_train_loop import ENV  # noqa: I001
 from train_data import CONFIG, make_prepared_dir  # noqa: I001 (tests/ helper)
 
 from u2moe.config import load_yaml
 from u2moe.data.shards import write_shards
-from u2moe.train.checkpoint import load_checkpoint, read_index
+from u2moe.train.checkpoint import load_checkpoint
 from u2moe.train.trainer import train
 
 
@@ -60,14 +59,7 @@ def command(data_dir: Path, exp: Path, *extra: str) -> list[str]:
 def test_killed_run_resumes_from_shards_to_the_same_parameters(data_dir, tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     subprocess.run(command(data_dir, reference), env=ENV, check=True, capture_output=True)
-    proc = subprocess.Popen(command(data_dir, interrupted), env=ENV, stderr=subprocess.DEVNULL)
-    index = interrupted / "checkpoints" / "index.json"
-    deadline = time.monotonic() + 120
-    while not index.is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = read_index(interrupted / "checkpoints")[-1]["step"]
+    killed_at = kill_at_first_checkpoint(command(data_dir, interrupted), interrupted, ENV)
     assert killed_at < 12, "the run finished before it was killed"
     done = subprocess.run(
         command(data_dir, interrupted, "--resume"), env=ENV, capture_output=True, text=True

@@ -3,15 +3,14 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import kill_at_first_checkpoint
 from train_data import CONFIG, make_prepared_dir  # noqa: I001 (tests/ helper)
 
 from u2moe.cli import main as cli_main
@@ -104,16 +103,8 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
         cli_command(data_dir, reference, *steps), env=ENV, check=True, capture_output=True
     )
 
-    proc = subprocess.Popen(
-        cli_command(data_dir, interrupted, *steps), env=ENV, stderr=subprocess.DEVNULL
-    )
-    index = interrupted / "checkpoints" / "index.json"
-    deadline = time.monotonic() + 120
-    while not index.is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = read_index(interrupted / "checkpoints")[-1]["step"]
+    argv = cli_command(data_dir, interrupted, *steps)
+    killed_at = kill_at_first_checkpoint(argv, interrupted, ENV)
     assert killed_at < 12, "the run finished before it was killed"
 
     done = subprocess.run(
