@@ -367,3 +367,13 @@ def test_an_utterance_that_fails_to_decode_costs_only_itself(corpus, tmp_path, m
     keys = [row[0] for row in read_table(out / "ctc_greedy_search" / "hyps.txt")]
     assert keys == ["u0", "u2", "u3"]
     assert read_table(out / "failed.txt")[0][0] == "u1"
+
+
+def test_reused_out_directory_names_the_other_runs_modes(corpus, tmp_path, capsys):
+    argv = ["decode", "--model", str(corpus / "model"), "--data", str(corpus / "good.jsonl")]
+    argv += ["--out", str(tmp_path / "out"), "--mode"]
+    assert main([*argv, "ctc_greedy_search,ctc_prefix_beam_search"]) == 0
+    assert "earlier run" not in capsys.readouterr().err
+    assert main([*argv, "ctc_greedy_search"]) == 0
+    assert "also holds ctc_prefix_beam_search from an earlier run" in capsys.readouterr().err
+    assert (tmp_path / "out" / "ctc_prefix_beam_search" / "hyps.txt").is_file()

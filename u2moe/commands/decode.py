@@ -95,6 +95,13 @@ def main(args: argparse.Namespace) -> int:
     )
     write_outputs(out_dir, result, summary)
     print(format_summary(summary))
+    stale = sorted(m for m in MODES if m not in summary.modes and (out_dir / m).is_dir())
+    if stale:  # an earlier run's results beside this one's: say so, never delete them
+        print(
+            f"u2moe decode: note: {out_dir} also holds {', '.join(stale)} from an earlier "
+            "run (not rewritten by this one; summary.json lists this run's modes)",
+            file=sys.stderr,
+        )
     if not result.utterances:
         raise UserError(f"{args.data}: no utterance could be decoded (see {out_dir}/failed.txt)")
     if result.failed:
