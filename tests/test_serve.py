@@ -1,0 +1,174 @@
+"""`u2moe serve`: WeNet's protocol, HTTP routes, limits, faults and batching, on loopback."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+from serve_support import (  # noqa: I001 (tests/ helper)
+    CHUNK,
+    ENDPOINT,
+    RunningServer,
+    finals,
+    make_model_dir,
+    receive_all,
+    speech,
+    stream,
+    transcribers,
+    write_wav,
+)
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from u2moe.serve.server import Limits
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    running = RunningServer(model_dir)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def alone(model_dir):
+    """Results of `u2moe transcribe` with the server's chunk settings: the reference."""
+    streaming, _ = transcribers(model_dir)
+    return lambda samples: streaming.transcribe(samples, timestamps=True)
+
+
+def test_partials_per_chunk_then_final_equal_to_transcribe(server, alone):
+    samples = speech(2.3)
+    messages = stream(server.url, samples, piece_samples=1000)
+
+    assert messages[0] == {"status": "ok", "type": "server_ready"}
+    assert messages[-1] == {"status": "ok", "type": "speech_end"}
+    kinds = [m["type"] for m in messages[1:-1]]
+    frames = (len(samples) - 400) // 160 + 1  # fbank frames: 25 ms windows every 10 ms
+    window = (CHUNK - 1) * 4 + 7
+    assert kinds == ["partial_result"] * ((frames - window) // (4 * CHUNK) + 1) + ["final_result"]
+    for m in messages[1:-2]:  # partials: a JSON string of [{"sentence"}], no word pieces
+        assert isinstance(m["nbest"], str) and list(json.loads(m["nbest"])[0]) == ["sentence"]
+    (final,) = finals(messages)
+    expected = alone(samples)
+    assert final["sentence"] == expected.text
+    assert [p["word"] for p in final["word_pieces"]] == [w.text for w in expected.words]
+    for piece, word in zip(final["word_pieces"], expected.words, strict=True):
+        assert isinstance(piece["start"], int) and isinstance(piece["end"], int)
+        assert abs(piece["start"] - word.start * 1000) <= 80  # ms; streaming vs whole times
+    assert server.health()["streams"] == 0
+
+
+@pytest.mark.parametrize(
+    "message, error",
+    [
+        (b"\x00\x01", "Start signal is expected before binary data"),
+        ("not json", "Wrong protocol"),
+        ("[1, 2]", "Wrong protocol"),
+        ('{"nbest": 1}', "Wrong message header"),
+        ('{"signal": "pause"}', "Unexpected signal type"),
+        ('{"signal": "start", "nbest": "2"}', "integer is expected for nbest option"),
+        ('{"signal": "start", "continuous_decoding": 1}', "boolean true or false is expected"),
+        ('{"signal": "end"}', "Start signal is expected before end signal"),
+    ],
+)
+def test_malformed_input_gets_failed_status_and_close(server, alone, message, error):
+    with connect(server.url) as bad, connect(server.url) as good:
+        good.send(json.dumps({"signal": "start"}))
+        assert json.loads(good.recv(timeout=30))["type"] == "server_ready"
+        bad.send(message)
+        (reply,) = receive_all(bad)
+        assert reply["status"] == "failed" and reply["message"].startswith(error)
+        samples = speech(1.2, seed=1)
+        good.send(samples.tobytes())
+        good.send(json.dumps({"signal": "end"}))
+        assert finals(receive_all(good))[0]["sentence"] == alone(samples).text
+
+
+def test_a_second_start_fails_the_stream(server):
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"signal": "start"}))
+        ws.send(json.dumps({"signal": "start"}))
+        messages = receive_all(ws)
+    assert messages[0]["type"] == "server_ready"
+    assert messages[1] == {"status": "failed", "message": messages[1]["message"]}
+    assert "start signal" in messages[1]["message"]
+
+
+def test_continuous_decoding_gives_one_final_per_endpoint(model_dir):
+    # speech, silence, speech, silence: two endpoints; each final restarts the search
+    samples = np.concatenate([speech(1.6), np.zeros(16000, np.int16)] * 2)
+    streaming, _ = transcribers(model_dir, endpoint=ENDPOINT)
+    recognizer = streaming.recognizer(timestamps=True)
+    expected = [r for r in recognizer.accept_waveform(samples) if r.final]
+    expected.append(recognizer.finish())
+    assert len(expected) >= 3  # two endpoints and the end of input
+    running = RunningServer(model_dir, endpoint=ENDPOINT)
+    try:
+        messages = stream(running.url, samples, start={"continuous_decoding": True})
+        got = finals(messages)
+        assert [f["sentence"] for f in got] == [r.text for r in expected]
+        assert got[1]["word_pieces"][0]["start"] >= 1600  # stream time, in ms
+        assert [m["type"] for m in messages].count("speech_end") == 1
+
+        messages = stream(running.url, samples, start={"continuous_decoding": False})
+        assert [f["sentence"] for f in finals(messages)] == [expected[0].text]
+        assert messages[-1]["type"] == "speech_end"
+    finally:
+        running.stop()
+
+
+def test_http_page_health_and_offline_transcribe(server, model_dir, tmp_path):
+    status, page = server.get("/")
+    assert status == 200 and b"Start microphone" in page
+    for name in ("app.js", "pcm-worklet.js", "style.css"):
+        assert server.get(f"/static/{name}")[0] == 200
+    assert server.get("/nope")[0] == 404
+    assert server.get("/static/../server.py")[0] == 404
+    health = server.health()
+    assert health["model"] == str(model_dir) and health["streams"] == 0
+
+    samples = speech(1.7, seed=2)
+    wav = write_wav(tmp_path / "a.wav", samples).read_bytes()
+    status, body = server.get("/transcribe?timestamps=1&name=a.wav", wav)
+    _, offline = transcribers(model_dir)
+    expected = offline.transcribe(tmp_path / "a.wav", timestamps=True).as_dict()
+    expected = {"file": "a.wav", **expected}  # as `u2moe transcribe --json` prints it
+    assert status == 200 and json.loads(body) == expected
+    status, body = server.get("/transcribe", b"RIFF not really a wav file")
+    assert status == 400 and "upload" in json.loads(body)["error"]
+    assert server.get("/transcribe", b"")[0] == 400
+
+
+def test_limits_streams_idle_utterance_and_message_size(model_dir):
+    limits = Limits(max_streams=2, idle_timeout_s=2.0, max_utterance_s=1.0, max_message_bytes=8192)
+    running = RunningServer(model_dir, limits)
+    try:
+        with connect(running.url) as a, connect(running.url) as b:
+            for ws in (a, b):
+                ws.send(json.dumps({"signal": "start"}))
+                assert json.loads(ws.recv(timeout=30))["type"] == "server_ready"
+            with connect(running.url) as c:  # one too many: refused at once, not a hang
+                (reply,) = receive_all(c)
+                assert reply["status"] == "failed" and "--max-streams 2" in reply["message"]
+                assert c.close_code == 1013
+            with contextlib.suppress(ConnectionClosed):  # b sends 2 s without an endpoint
+                for i in range(0, 2 * 32000, 8000):
+                    b.send(speech(2.0).tobytes()[i : i + 8000])
+            assert "--max-utterance-s" in receive_all(b)[-1]["message"]
+            assert "idle timeout" in receive_all(a)[-1]["message"]
+        with connect(running.url) as d:
+            d.send(json.dumps({"signal": "start"}))
+            d.recv(timeout=30)
+            d.send(b"\x00" * 8194)
+            with pytest.raises(ConnectionClosed):
+                d.recv(timeout=30)
+            assert d.close_code == 1009  # message too big
+        assert running.health()["streams"] == 0
+    finally:
+        running.stop()
