@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from u2moe.backends.torch_backend import TorchBackend
 from u2moe.config import load_yaml, parse_section
 from u2moe.decode.search import Hypothesis, attention_rescoring, ctc_prefix_beam_search
 from u2moe.model.config import ModelConfig
@@ -69,7 +70,7 @@ def decode(model: U2Model, feats: torch.Tensor, chunk: int, args, generator) -> 
     seconds = feats.size(1) / FRAMES_PER_SECOND
     length = round(args.tokens_per_second * seconds)
     nbest = forced_nbest(args.beam, length, model.vocab_size, generator)
-    attention_rescoring(model, [nbest], enc, enc_lengths, 0.3, 0.3)
+    attention_rescoring(TorchBackend(model), [nbest], enc, enc_lengths, 0.3, 0.3)
 
 
 def sync(device: str) -> None:

@@ -88,7 +88,8 @@ def test_prepare_char_end_to_end(tmp_path, capsys):
     }
 
     # CMVN over all training utterances equals a direct computation.
-    feats = torch.cat([compute_fbank(load_audio(u["audio"])) for u in train]).double()
+    feats = [torch.from_numpy(compute_fbank(load_audio(u["audio"]))) for u in train]
+    feats = torch.cat(feats).double()
     stats = json.loads((out / "global_cmvn").read_text())
     assert stats["frame_num"] == feats.shape[0]
     np.testing.assert_allclose(stats["mean_stat"], feats.sum(0).numpy(), rtol=1e-9)

@@ -10,8 +10,8 @@ import torch
 
 import u2moe
 from u2moe.cli import main
+from u2moe.decode.batch import decode_batch, load_summary
 from u2moe.decode.scoring import char_errors, word_errors
-from u2moe.decode.search import decode_batch
 from u2moe.errors import UserError
 from u2moe.model.config import DecoderConfig, EncoderConfig, ModelConfig
 from u2moe.model.io import save_model_dir
@@ -82,7 +82,7 @@ def test_decode_writes_hyps_errors_and_summary_for_every_mode(corpus, capsys):
     for key in refs:
         feats = api.features(corpus / f"{key}.wav")
         lengths = torch.tensor([len(feats)])
-        alone[key] = decode_batch(api.model, feats[None], lengths, api.decode_cfg)
+        alone[key] = decode_batch(api.backend, feats[None], lengths, api.decode_cfg)
     for mode in MODES.split(","):
         hyps = read_table(out / mode / "hyps.txt")
         assert [key for key, _ in hyps] == ["u0", "u1", "u2", "u3"]  # manifest order
@@ -110,6 +110,9 @@ def test_decode_writes_hyps_errors_and_summary_for_every_mode(corpus, capsys):
         assert result["rtf"] == pytest.approx(seconds, rel=0.01, abs=1e-3)
     text = (out / "summary.txt").read_text()
     assert all(mode in text for mode in MODES.split(",")) and "RTF" in text
+    typed = load_summary(out / "summary.json")  # what the demo reads
+    assert typed.as_dict() == summary and typed.decode.chunk_size == 4
+    assert typed.modes["attention"].wer.errors == summary["modes"]["attention"]["wer"]["errors"]
 
 
 def test_streaming_decode_equals_chunk_masked_decode(corpus, capsys):

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from u2moe.backends.torch_backend import TorchBackend
 from u2moe.data.features import compute_fbank
 from u2moe.data.tokenizer import Tokenizer
+from u2moe.decode.batch import decode_batch
 from u2moe.decode.config import DecodeConfig, EndpointConfig
 from u2moe.decode.lexicon import LexiconSearch, build_lm
 from u2moe.decode.recognizer import Recognizer
-from u2moe.decode.search import decode_batch
 from u2moe.errors import UserError
 from u2moe.model.config import DecoderConfig, EncoderConfig, ModelConfig
 from u2moe.model.u2 import U2Model
@@ -88,10 +89,12 @@ def test_pieces_of_any_size_give_the_whole_utterance_result(
         lm=lm_dir,
     )
     feats = compute_fbank(samples.astype(np.float32) / 32768)
-    whole = decode_batch(model, feats[None], torch.tensor([len(feats)]), cfg, lexicon).hyps
+    whole = decode_batch(
+        TorchBackend(model), feats[None], torch.tensor([len(feats)]), cfg, lexicon
+    ).hyps
 
     with_lexicon = lexicon if mode == "ctc_lexicon_beam_search" else None
-    recognizer = Recognizer(model, Tokenizer(UNITS), cfg, lexicon=with_lexicon)
+    recognizer = Recognizer(TorchBackend(model), Tokenizer(UNITS), cfg, lexicon=with_lexicon)
     rng = np.random.default_rng(1)
     partials = []
     for piece in random_pieces(samples, rng):
@@ -150,7 +153,7 @@ def test_endpoint_after_trailing_silence_then_next_utterance():
     endpoint = EndpointConfig(silence_after_speech_ms=1000, silence_before_speech_ms=5000)
     # a large ctc_weight: the random decoders must not overrule the scripted CTC
     cfg = DecodeConfig(beam_size=4, chunk_size=4, ctc_weight=100.0, endpoint=endpoint)
-    recognizer = Recognizer(model, Tokenizer(UNITS), cfg, timestamps=True)
+    recognizer = Recognizer(TorchBackend(model), Tokenizer(UNITS), cfg, timestamps=True)
     results = recognizer.accept_waveform(synthetic_speech(seconds=3.5))
     finals = [r for r in results if r.final]
     assert len(finals) == 1
@@ -171,7 +174,9 @@ def test_endpoint_rules_for_silence_alone_and_long_utterances():
     model = ScriptedCtc({}, frames=200).eval()
     silence = EndpointConfig(silence_before_speech_ms=600)
     cfg = DecodeConfig(beam_size=2, chunk_size=4, endpoint=silence)
-    results = Recognizer(model, Tokenizer(UNITS), cfg).accept_waveform(synthetic_speech(2.0))
+    results = Recognizer(TorchBackend(model), Tokenizer(UNITS), cfg).accept_waveform(
+        synthetic_speech(2.0)
+    )
     finals = [r for r in results if r.final]
     # 0.64 s (the first chunk end past 600 ms) of silence, then again from there on
     assert [(r.start, r.end, r.text) for r in finals] == [
@@ -182,12 +187,14 @@ def test_endpoint_rules_for_silence_alone_and_long_utterances():
 
     model = ScriptedCtc({t: 2 + t % 3 for t in range(0, 200, 2)}, frames=200).eval()
     cfg = DecodeConfig(beam_size=2, chunk_size=4, endpoint=EndpointConfig(max_utterance_ms=800))
-    results = Recognizer(model, Tokenizer(UNITS), cfg).accept_waveform(synthetic_speech(2.0))
+    results = Recognizer(TorchBackend(model), Tokenizer(UNITS), cfg).accept_waveform(
+        synthetic_speech(2.0)
+    )
     assert [r.end - r.start for r in results if r.final] == pytest.approx([0.8, 0.8])
 
 
 def test_recognizer_rejects_what_is_not_mono_audio(model):
-    recognizer = Recognizer(model, Tokenizer(UNITS), DecodeConfig(chunk_size=4))
+    recognizer = Recognizer(TorchBackend(model), Tokenizer(UNITS), DecodeConfig(chunk_size=4))
     with pytest.raises(UserError, match="mono"):
         recognizer.accept_waveform(np.zeros((2, 100), dtype=np.float32))
     with pytest.raises(UserError, match="sample type"):

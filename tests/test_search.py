@@ -5,16 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from u2moe.backends.torch_backend import TorchBackend, attention_beam_search
 from u2moe.commands.verify_wenet import verify
+from u2moe.decode.batch import decode_batch
 from u2moe.decode.config import DecodeConfig
 from u2moe.decode.search import (
     CtcPrefixBeamSearch,
     Hypothesis,
-    attention_beam_search,
     attention_rescoring,
     ctc_greedy_search,
     ctc_prefix_beam_search,
-    decode_batch,
 )
 from u2moe.decode.timestamps import ctc_spikes, token_times, word_times
 from u2moe.model.config import DecoderConfig, EncoderConfig, ModelConfig
@@ -152,7 +152,9 @@ def test_attention_rescoring_combines_ctc_and_both_decoders():
         [Hypothesis([7, 2], -0.5)],
     ]
     ctc_weight, reverse_weight = 0.3, 0.4
-    got = attention_rescoring(model, nbests, enc, enc_lengths, ctc_weight, reverse_weight)
+    got = attention_rescoring(
+        TorchBackend(model), nbests, enc, enc_lengths, ctc_weight, reverse_weight
+    )
     eos = model.eos
     for b, nbest in enumerate(nbests):
         expected = []
@@ -212,7 +214,9 @@ def test_every_mode_matches_wenet_decoding(name, result, chunk_size):
     expected = data["outputs"][result]
     params = data["outputs"]["decode_full_params"]
     cfg = DecodeConfig(modes=list(expected), chunk_size=chunk_size, **params)
-    decoded = decode_batch(model, data["inputs"]["feats"], data["inputs"]["feats_lengths"], cfg)
+    decoded = decode_batch(
+        TorchBackend(model), data["inputs"]["feats"], data["inputs"]["feats_lengths"], cfg
+    )
     for mode, refs in expected.items():
         for hyp, ref in zip(decoded.hyps[mode], refs, strict=True):
             assert list(hyp.tokens) == list(ref["tokens"]), (mode, ref)

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from u2moe.decode.batch import load_summary
 from u2moe.errors import UserError
 
 log = logging.getLogger("u2moe.demo")
@@ -111,8 +112,7 @@ def run_demo(out: Path, models: list[Model], size: DemoSize) -> str:
             if decoding.chunk_size > 0:
                 argv.append("--streaming")
             stage(out, f"decode-{model.name}-{decoding.name}", argv, allowed_exit=(0, 1))
-            summary = json.loads((decode_dir / "summary.json").read_text())
-            results.append((model, decoding, summary))
+            results.append((model, decoding, load_summary(decode_dir / "summary.json")))
 
     report = write_report(out, models, results, stage_seconds(out, set(trainings)))
     return report
@@ -227,12 +227,12 @@ def write_report(out: Path, models: list[Model], results: list, seconds: float) 
     for model, decoding, summary in results:
         total, active = counts[model.name]
         for mode in MODES:
-            result = summary["modes"][mode]
+            result = summary.modes[mode]
             rows.append(
                 f"| {model.name} | {total / 1e6:.2f} M | {active / 1e6:.2f} M | {decoding.label} "
                 f"| {mode} "
-                f"| {100 * result['wer']['rate']:.2f} | {100 * result['cer']['rate']:.2f} "
-                f"| {result['rtf']:.4f} |"
+                f"| {100 * result.wer.rate:.2f} | {100 * result.cer.rate:.2f} "
+                f"| {result.rtf:.4f} |"
             )
     rtf_ratio = rtf_ratios(results)
     corpus = json.loads((out / "corpus" / "corpus.json").read_text())
@@ -282,8 +282,7 @@ def rtf_ratios(results: list) -> list[str]:
         if moe is None or dense is None:
             continue
         ratios = ", ".join(
-            f"{mode} {moe['modes'][mode]['rtf'] / dense['modes'][mode]['rtf']:.2f}"
-            for mode in MODES
+            f"{mode} {moe.modes[mode].rtf / dense.modes[mode].rtf:.2f}" for mode in MODES
         )
         lines.append(f"- RTF MoE / dense, {decoding.label}: {ratios}")
     return lines

@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from u2moe.backends.torch_backend import TorchBackend
+from u2moe.decode.batch import decode_batch
 from u2moe.decode.config import DecodeConfig
-from u2moe.decode.search import NBEST_MODES, decode_batch
+from u2moe.decode.search import NBEST_MODES
 from u2moe.errors import UserError
 from u2moe.model.io import torch_load
 from u2moe.model.u2 import U2Model, decoder_inputs
@@ -187,7 +189,7 @@ def _check_decode(name: str, chunk_size: int):
         params = fx.outputs.get("decode_full_params", {})
         cfg = DecodeConfig(modes=list(expected), chunk_size=chunk_size, **params)
         feats, lengths = fx.inputs["feats"], fx.inputs["feats_lengths"]
-        decoded = decode_batch(fx.model, feats, lengths, cfg)
+        decoded = decode_batch(TorchBackend(fx.model), feats, lengths, cfg)
         results = []
         for mode, refs in expected.items():
             for i, (hyp, ref) in enumerate(zip(decoded.hyps[mode], refs, strict=True)):

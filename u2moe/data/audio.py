@@ -17,6 +17,7 @@ from u2moe.errors import UserError
 
 SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE = 8000  # lower rates lack most of the speech band
+INT16_SCALE = 32768.0  # float samples in [-1, 1] <-> the int16 range
 
 # libsndfile's log for a WAV whose data chunk is shorter than its header says.
 _SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -29,6 +30,23 @@ class AudioError(UserError):
     def __init__(self, path: str | Path, reason: str, detail: str = ""):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
         self.reason = reason
+
+
+def float_samples(audio, name: str = "audio") -> np.ndarray:
+    """1-D int16 or float samples -> float32 in [-1, 1]; AudioError for anything else."""
+    samples = np.asarray(audio)
+    if samples.ndim != 1:
+        raise AudioError(name, "not mono audio", f"samples of shape {samples.shape}")
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / INT16_SCALE
+    if np.issubdtype(samples.dtype, np.floating):
+        return samples.astype(np.float32)
+    raise AudioError(name, "unsupported sample type", f"{samples.dtype}; use int16 or float")
+
+
+def pcm16_samples(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes (an even number) -> float32 samples in [-1, 1]."""
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / INT16_SCALE
 
 
 def resample(samples: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:

@@ -22,9 +22,9 @@ class CmvnStats:
         self.sum_squares = np.zeros(dim, dtype=np.float64)
         self.frames = 0
 
-    def add(self, feats: torch.Tensor) -> None:
-        """feats: (T, dim) raw fbank of one utterance."""
-        x = feats.double().numpy()
+    def add(self, feats: np.ndarray) -> None:
+        """feats: (T, dim) raw fbank of one utterance (numpy, or a CPU tensor)."""
+        x = np.asarray(feats, dtype=np.float64)
         self.sum += x.sum(axis=0)
         self.sum_squares += (x * x).sum(axis=0)
         self.frames += x.shape[0]

@@ -167,12 +167,12 @@ class UtteranceBatches(IterableDataset):
     def _features(self, item: _Loaded) -> torch.Tensor:
         """(T, num_mel_bins): fbank, with dither and spectrum augmentation in training."""
         if item.rng is None:
-            return compute_fbank(item.samples, 0.0, self.cfg.features)
+            return torch.from_numpy(compute_fbank(item.samples, 0.0, self.cfg.features))
         # Dither drawn from the utterance's generator: knf's own RNG runs on per process, so
         # it would differ between worker layouts and after a resume that replays batches.
         noise = item.rng.standard_normal(len(item.samples), dtype=np.float32)
         dithered = item.samples + noise * np.float32(self.cfg.features.dither / INT16_SCALE)
-        feats = compute_fbank(dithered, 0.0, self.cfg.features)
+        feats = torch.from_numpy(compute_fbank(dithered, 0.0, self.cfg.features))
         if not self.augmenting:
             return feats
         feats = spec_augment(feats, self.cfg.augment.spec_aug, item.rng)

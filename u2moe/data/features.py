@@ -3,17 +3,15 @@
 The options are those WeNet passes to `torchaudio.compliance.kaldi.fbank` (povey window,
 pre-emphasis 0.97, DC removal, snip_edges, energy_floor 0, natural-log power mel energies)
 and samples are scaled to the int16 range first, so models imported from WeNet see the
-features they were trained on. kaldi-native-fbank computes them.
+features they were trained on. kaldi-native-fbank computes them; frames are numpy float32
+arrays (no torch: the ONNX runtime shares this module).
 """
 
 import kaldi_native_fbank as knf
 import numpy as np
-import torch
 
-from u2moe.data.audio import SAMPLE_RATE
+from u2moe.data.audio import INT16_SCALE, SAMPLE_RATE
 from u2moe.data.config import FeatureConfig
-
-INT16_SCALE = 32768.0  # float samples in [-1, 1] -> int16 range, as WeNet feeds torchaudio
 
 
 def fbank_options(cfg: FeatureConfig, dither: float) -> knf.FbankOptions:
@@ -57,23 +55,23 @@ class OnlineFbank:
     def input_finished(self) -> None:
         self._fbank.input_finished()
 
-    def pop_frames(self) -> torch.Tensor:
+    def pop_frames(self) -> np.ndarray:
         """Frames completed since the last call, (n, num_mel_bins) float32."""
         ready = self._fbank.num_frames_ready
         if ready == self._next:
-            return torch.zeros(0, self.cfg.num_mel_bins)
+            return np.zeros((0, self.cfg.num_mel_bins), dtype=np.float32)
         # get_frame returns views into knf's buffer: copy them before pop frees it.
         frames = np.stack([self._fbank.get_frame(i) for i in range(self._next, ready)])
         if self.cfg.log_floor is not None:
             np.maximum(frames, np.float32(self.cfg.log_floor), out=frames)
         self._fbank.pop(ready - self._next)
         self._next = ready
-        return torch.from_numpy(frames)
+        return frames
 
 
 def compute_fbank(
     samples: np.ndarray, dither: float = 0.0, cfg: FeatureConfig | None = None
-) -> torch.Tensor:
+) -> np.ndarray:
     """Fbank of a whole utterance: float32 (N,) at 16 kHz -> (T, num_mel_bins)."""
     fbank = OnlineFbank(cfg, dither)
     fbank.accept_waveform(samples)

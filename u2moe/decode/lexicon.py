@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
+import numpy as np
 from flashlight.lib.text.decoder import (
     CriterionType,
     LexiconDecoder,
@@ -37,7 +37,7 @@ from flashlight.lib.text.dictionary import Dictionary
 
 from u2moe.data.files import atomic_path, write_text_atomic
 from u2moe.data.tokenizer import WORD_BOUNDARY, Tokenizer, load_tokenizer, write_units
-from u2moe.decode.search import Hypothesis
+from u2moe.decode.search import Hypothesis, host_array
 from u2moe.errors import UserError
 
 LEXICON = "lexicon.txt"
@@ -160,11 +160,11 @@ class LexiconSearch:
         )
         return LexiconStream(self, decoder)
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+    def __call__(self, log_probs: np.ndarray, lengths: np.ndarray) -> list[Hypothesis]:
         """CTC log-probs (B, T, V) and lengths (B,) -> the best hypothesis per utterance
         (its tokens are the spellings of its words; score: acoustic + weighted LM)."""
         results = []
-        for utterance, length in zip(log_probs, lengths.tolist(), strict=True):
+        for utterance, length in zip(log_probs, host_array(lengths).tolist(), strict=True):
             search = self.stream()
             search.advance(utterance[:length])
             results.append(search.finish())
@@ -186,12 +186,12 @@ class LexiconStream:
         self.frames = 0
         decoder.decode_begin()
 
-    def advance(self, log_probs: torch.Tensor) -> None:
+    def advance(self, log_probs: np.ndarray) -> None:
         """Feed the CTC log-probs (t, V) of the next frames."""
-        frames = log_probs.detach().float().cpu().contiguous()
-        if frames.size(0) > 0:
-            self.decoder.decode_step(frames.data_ptr(), frames.size(0), frames.size(1))
-            self.frames += frames.size(0)
+        frames = np.ascontiguousarray(host_array(log_probs), dtype=np.float32)
+        if len(frames) > 0:
+            self.decoder.decode_step(frames.ctypes.data, *frames.shape)
+            self.frames += len(frames)
 
     def nbest(self) -> list[Hypothesis]:
         """[the best hypothesis so far], the interface of CtcPrefixBeamSearch."""

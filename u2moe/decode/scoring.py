@@ -35,6 +35,13 @@ class ErrorCounts:
             self.ref_length + other.ref_length,
         )
 
+    @classmethod
+    def from_dict(cls, counts: dict) -> "ErrorCounts":
+        """The inverse of `as_dict` (its derived rate and errors are ignored)."""
+        return cls(
+            counts["substitutions"], counts["deletions"], counts["insertions"], counts["ref_length"]
+        )
+
     def as_dict(self) -> dict:
         return {
             "rate": self.rate,

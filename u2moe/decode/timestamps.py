@@ -4,15 +4,17 @@ A CTC model fires each token on (usually) one frame: its spike. The spike of eve
 a hypothesis comes from the Viterbi (forced) alignment of that hypothesis to the CTC
 log-probs, so the timestamps fit whichever search produced the tokens. A token spans
 `gap` seconds either side of its spike, split at the midpoint where neighbours are closer
-than that (WeNet's runtime uses the same 100 ms gap rule).
+than that (WeNet's runtime uses the same 100 ms gap rule). `timed_units` assembles the
+timestamps of a result (its pieces and words) for every caller: the Transcriber, the
+streaming Recognizer and the ONNX runtime. Torch-free: log-probs are numpy arrays.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from u2moe.data.tokenizer import WORD_BOUNDARY
+from u2moe.decode.search import host_array
 
 NEG_INF = float("-inf")
 
@@ -24,14 +26,14 @@ class TimedUnit:
     end: float
 
 
-def ctc_spikes(log_probs: torch.Tensor, tokens: list[int], blank_id: int = 0) -> list[int] | None:
+def ctc_spikes(log_probs: np.ndarray, tokens: list[int], blank_id: int = 0) -> list[int] | None:
     """The spike frame of each token: log_probs (T, V) of one utterance -> frame indices.
 
     None when no CTC path emits `tokens` in T frames (too many tokens for the frames).
     """
     if not tokens:
         return []
-    logp = log_probs.detach().float().cpu().numpy()
+    logp = host_array(log_probs).astype(np.float32, copy=False)
     labels = np.full(2 * len(tokens) + 1, blank_id)
     labels[1::2] = tokens
     emit = logp[:, labels]  # (T, S): state s emits labels[s]
@@ -98,3 +100,29 @@ def word_times(pieces: list[str], times: list[tuple[float, float]]) -> list[Time
         else:
             words[-1] = TimedUnit(words[-1].text + piece, words[-1].start, end)
     return words
+
+
+def timed_units(
+    log_probs: np.ndarray,
+    tokens: list[int],
+    units: list[str],
+    frame_shift: float,
+    duration: float,
+    start: float = 0.0,
+) -> tuple[list[TimedUnit], list[TimedUnit]] | None:
+    """(pieces, words) of a result with their times: log_probs (T, V) of its utterance,
+    `units` the tokenizer's unit strings, frame_shift seconds per CTC frame, duration the
+    utterance's seconds, start the seconds before it (a stream's earlier utterances).
+    None when the tokens have no CTC alignment (an attention-mode hypothesis can outgrow
+    the frames)."""
+    spikes = ctc_spikes(log_probs, tokens)
+    if spikes is None:
+        return None
+    times = token_times(spikes, frame_shift, duration)
+    pieces = [units[i] for i in tokens]
+
+    def shifted(unit: TimedUnit) -> TimedUnit:
+        return TimedUnit(unit.text, round(start + unit.start, 3), round(start + unit.end, 3))
+
+    timed_pieces = [TimedUnit(p, *t) for p, t in zip(pieces, times, strict=True)]
+    return [shifted(p) for p in timed_pieces], [shifted(w) for w in word_times(pieces, times)]

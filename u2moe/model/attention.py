@@ -3,7 +3,7 @@
 Shapes: query (B, T1, d), key/value (B, T2, d); mask (B, 1 or T1, T2) bool, True where
 attention is allowed, or None for no mask. A cache holds the projected keys and values
 of earlier frames, (B, H, T_cache, 2 * d_k) with keys in the first d_k channels (WeNet's
-layout); pass an empty tensor (size 0 in dim 0) at the first chunk.
+layout); T_cache is 0 at the first chunk.
 """
 
 import math
@@ -43,10 +43,9 @@ class MultiHeadAttention(nn.Module):
         """Prepend cached keys/values; new_cache (B, H, T_cache + T2, 2 d_k), None without one."""
         if cache is None:
             return k, v, None
-        if cache.size(0) > 0:
-            k_cache, v_cache = cache.split(self.d_k, dim=-1)
-            k = torch.cat((k_cache, k), dim=2)
-            v = torch.cat((v_cache, v), dim=2)
+        k_cache, v_cache = cache.split(self.d_k, dim=-1)
+        k = torch.cat((k_cache, k), dim=2)
+        v = torch.cat((v_cache, v), dim=2)
         return k, v, torch.cat((k, v), dim=-1)
 
     def forward_attention(

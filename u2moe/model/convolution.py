@@ -50,8 +50,8 @@ class ConvolutionModule(nn.Module):
         """mask_pad (B, 1, T) True at real frames, or None.
 
         cache (B, d, lorder): the module's input of the previous lorder frames, or an empty
-        tensor at the start; new_cache is the same for the next chunk (an empty tensor for a
-        non-causal module), None when no cache was passed.
+        tensor (size 0 in its last dimension) at the start; new_cache is the same for the next
+        chunk ((B, d, 0) for a non-causal module), None when no cache was passed.
         """
         x = x.transpose(1, 2)  # (B, d, T)
         if mask_pad is not None:
@@ -65,7 +65,7 @@ class ConvolutionModule(nn.Module):
             if cache is not None:
                 new_cache = x[:, :, -self.lorder :]
         elif cache is not None:
-            new_cache = x.new_zeros(0, 0, 0)
+            new_cache = x[:, :, :0]
         x = F.glu(self.pointwise_conv1(x), dim=1)
         x = self.depthwise_conv(x)
         if self.use_layer_norm:

@@ -1,8 +1,10 @@
 """Sinusoidal positional encodings: absolute (decoder) and WeNet's relative variant (encoder).
 
-The table `pe` (1, max_len, d_model) is a non-persistent buffer: it is recomputed, not
-saved, and a state dict that carries it (WeNet checkpoints do) still loads. It grows on
-demand when a position past its end is asked for (very long inputs or streams).
+Encodings are computed from positions on each call rather than sliced from a table, so any
+position works: far past the start of a long stream, negative (the padded cache slots of a
+batch of streams, which attention masks out anyway), or a different offset per stream given
+as a tensor (traceable by torch.onnx: no Python branch on tensor values). WeNet checkpoints
+carry a saved table `pe`; it is accepted and ignored on load.
 """
 
 import math
@@ -11,37 +13,48 @@ import torch
 from torch import nn
 
 
-def sinusoid_table(length: int, d_model: int) -> torch.Tensor:
-    """(length, d_model): sin on even channels, cos on odd ones (Vaswani et al.)."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    inv_freq = torch.exp(
+def inverse_frequencies(d_model: int) -> torch.Tensor:
+    """(d_model // 2,): the angular frequency of each sin/cos channel pair."""
+    return torch.exp(
         torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model)
     )
-    table = torch.zeros(length, d_model)
-    table[:, 0::2] = torch.sin(position * inv_freq)
-    table[:, 1::2] = torch.cos(position * inv_freq)
-    return table
+
+
+def sinusoid_encoding(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """positions (...) integer or float -> (..., 2 * len(inv_freq)): sin on even channels,
+    cos on odd ones (Vaswani et al.)."""
+    angle = positions.to(inv_freq.dtype).unsqueeze(-1) * inv_freq
+    return torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)
+
+
+def sinusoid_table(length: int, d_model: int) -> torch.Tensor:
+    """(length, d_model): the encodings of positions 0 .. length - 1."""
+    return sinusoid_encoding(torch.arange(length), inverse_frequencies(d_model))
 
 
 class PositionalEncoding(nn.Module):
-    """Absolute encoding: x (B, T, d) -> (dropout(x * sqrt(d) + pe[offset:offset+T]), pos_emb).
+    """Absolute encoding: x (B, T, d) -> (dropout(x * sqrt(d) + pos_emb), pos_emb).
 
-    pos_emb (1, T, d) is the slice of the table that was added.
+    pos_emb (1 or B, T, d) are the encodings of positions offset .. offset + T - 1.
     """
 
-    def __init__(self, d_model: int, dropout: float = 0.0, max_len: int = 5000):
+    def __init__(self, d_model: int, dropout: float = 0.0):
         super().__init__()
         self.d_model = d_model
         self.xscale = math.sqrt(d_model)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("pe", sinusoid_table(max_len, d_model).unsqueeze(0), persistent=False)
+        # A buffer so the encodings follow the module's device; not saved.
+        self.register_buffer("inv_freq", inverse_frequencies(d_model), persistent=False)
 
     def position_encoding(self, offset: int | torch.Tensor, size: int) -> torch.Tensor:
-        """(1, size, d): encodings of positions offset .. offset + size - 1."""
-        if offset + size > self.pe.size(1):
-            table = sinusoid_table(2 * int(offset + size), self.d_model)
-            self.pe = table.unsqueeze(0).to(self.pe)
-        return self.pe[:, offset : offset + size]
+        """Encodings of positions offset .. offset + size - 1: (1, size, d) for an int
+        offset, (B, size, d) for a (B,) tensor of per-stream offsets. Offsets may be < 0."""
+        steps = torch.arange(size, device=self.inv_freq.device)
+        if isinstance(offset, torch.Tensor) and offset.dim() > 0:
+            positions = offset.to(steps.device).unsqueeze(-1) + steps
+        else:
+            positions = (steps + offset).unsqueeze(0)
+        return sinusoid_encoding(positions, self.inv_freq)
 
     def forward(
         self, x: torch.Tensor, offset: int | torch.Tensor = 0
@@ -50,13 +63,13 @@ class PositionalEncoding(nn.Module):
         return self.dropout(x * self.xscale + pos_emb), self.dropout(pos_emb)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The table is a pure function of its shape: accept and ignore a saved copy.
+        # WeNet saves a table of encodings; they are a pure function of position: ignore it.
         state_dict.pop(prefix + "pe", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class RelPositionalEncoding(PositionalEncoding):
-    """WeNet's `rel_pos`: x (B, T, d) -> (dropout(x * sqrt(d)), dropout(pe[offset:offset+T])).
+    """WeNet's `rel_pos`: x (B, T, d) -> (dropout(x * sqrt(d)), dropout(pos_emb)).
 
     The encodings are not added to x; the attention layer scores them against queries
     (`RelPositionMultiHeadAttention`).

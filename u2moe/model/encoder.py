@@ -5,12 +5,16 @@ N pre-norm Conformer blocks -> after_norm -> (B, T', d). Self-attention is maske
 chunk mask: in training chosen per batch by the cfg.chunk policy (u2moe.model.mask), in
 evaluation the one asked for, so one model serves full-context and streaming decoding.
 
-Streaming (`forward_chunk`) keeps all state in two plain tensors, WeNet's layout:
-- att_cache (n_layers, n_heads, cache_t, 2 * d_k): projected keys (first d_k channels)
-  and values of the last cache_t encoder frames, per layer; batch 1.
-- cnn_cache (n_layers, B, d, kernel - 1): the input of each causal convolution module
-  over its last kernel - 1 frames.
-Both start as torch.zeros(0, 0, 0, 0).
+Streaming (`forward_chunk`) keeps all state in two plain tensors, in one of two layouts:
+- WeNet's (one stream): att_cache (n_layers, n_heads, C, 2 * d_k), the projected keys
+  (first d_k channels) and values of the last C encoder frames per layer; cnn_cache
+  (n_layers, 1, d, kernel - 1), the input of each causal convolution module over its last
+  kernel - 1 frames. Both start as torch.zeros(0, 0, 0, 0).
+- batch first (B streams; att_cache has 5 dimensions): att_cache (B, n_layers, n_heads, C,
+  2 * d_k), cnn_cache (B, n_layers, d, kernel - 1). They start as zeros with C = 0 and
+  kernel - 1 (or 0) convolution frames. Streams of different ages share one C: their caches
+  are left-padded with zeros and `att_mask` hides the padding.
+The last dimension of cnn_cache is 0 when the convolution is non-causal or absent.
 """
 
 import torch
@@ -25,6 +29,7 @@ from u2moe.model.embedding import RelPositionalEncoding
 from u2moe.model.mask import chunk_attention_mask, decoding_chunk, make_pad_mask, training_chunk
 from u2moe.model.moe import make_feed_forward
 from u2moe.model.subsampling import Conv2dSubsampling
+from u2moe.model.window import ChunkWindows
 
 
 class GlobalCMVN(nn.Module):
@@ -91,9 +96,9 @@ class ConformerEncoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """att_mask (B, T or 1, T_cache + T) or None; pos_emb (1, T_cache + T, d);
         mask_pad (B, 1, T) real frames for the convolution, or None.
-        att_cache (1, H, T_cache, 2 d_k), cnn_cache (B, d, kernel - 1): this layer's caches
-        (empty tensors at the start), or None outside streaming.
-        -> (x, new_att_cache (1, H, T_cache + T, 2 d_k), new_cnn_cache (B, d, kernel - 1));
+        att_cache (B, H, T_cache, 2 d_k), cnn_cache (B, d, kernel - 1): this layer's caches
+        (T_cache and the last dimension of cnn_cache may be 0), or None outside streaming.
+        -> (x, new_att_cache (B, H, T_cache + T, 2 d_k), new_cnn_cache (B, d, kernel - 1 or 0));
         the caches are None when none were passed.
         """
         if self.feed_forward_macaron is not None:
@@ -107,7 +112,7 @@ class ConformerEncoderLayer(nn.Module):
             y, new_cnn_cache = self.conv_module(self.norm_conv(x), mask_pad, cnn_cache)
             x = x + self.dropout(y)
         elif cnn_cache is not None:
-            new_cnn_cache = x.new_zeros(0, 0, 0)
+            new_cnn_cache = x.new_zeros(x.size(0), x.size(2), 0)
         x = x + self.ff_scale * self.dropout(self.feed_forward(self.norm_ff(x)))
         if self.norm_final is not None:
             x = self.norm_final(x)
@@ -185,21 +190,37 @@ class ConformerEncoder(nn.Module):
         required_cache_size: int,
         att_cache: torch.Tensor,
         cnn_cache: torch.Tensor,
+        att_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One streaming step, exactly as WeNet's BaseEncoder.forward_chunk.
+        """One streaming step, as WeNet's BaseEncoder.forward_chunk, for one or B streams.
 
-        chunk_feats (1, (chunk - 1) * subsampling_rate + right_context + 1, input_dim): the
+        chunk_feats (B, (chunk - 1) * subsampling_rate + right_context + 1, input_dim): the
         fbank frames of one chunk plus the look-ahead the subsampling needs (consecutive
         windows overlap by right_context + 1 - subsampling_rate frames). offset: encoder
-        frames already emitted. required_cache_size: encoder frames of attention cache to
-        keep (< 0: all, 0: none). Caches as in the module docstring.
-        -> (out (1, chunk, d), new att_cache, new cnn_cache).
+        frames already emitted, an int or a (B,) int64 tensor (one per stream); the keys of
+        stream b sit at positions offset[b] - C .. offset[b] + t - 1. required_cache_size:
+        encoder frames of attention cache to keep (< 0: all, 0: none). Caches in either
+        layout of the module docstring (WeNet's takes B = 1); the new caches come back in
+        the layout given. att_mask (B, 1, C + t) bool, True where a key (cache slot or new
+        frame) may be attended; None (or WeNet's empty (0, 0, 0)) lets every key be seen.
+        -> (out (B, t, d), new att_cache, new cnn_cache), t = output frames of the chunk.
         """
-        if chunk_feats.size(0) != 1:
-            raise ValueError(f"forward_chunk takes one stream, got batch {chunk_feats.size(0)}")
+        if att_cache.dim() == 4:  # WeNet's layout: one stream
+            if chunk_feats.size(0) != 1:
+                raise ValueError(
+                    f"forward_chunk with WeNet's 4-dimensional caches takes one stream, got "
+                    f"batch {chunk_feats.size(0)}; pass batch-first caches for a batch"
+                )
+            att_cache, cnn_cache = self.batch_first_caches(att_cache, cnn_cache)
+            out, att_cache, cnn_cache = self.forward_chunk(
+                chunk_feats, offset, required_cache_size, att_cache, cnn_cache, att_mask
+            )
+            return out, att_cache[0], cnn_cache.transpose(0, 1)
         self.check_feature_dim(chunk_feats)
+        if att_mask is not None and att_mask.size(-1) == 0:
+            att_mask = None
         x, _, _ = self.embed(self.global_cmvn(chunk_feats), None, offset)
-        cache_t = att_cache.size(2)
+        cache_t = att_cache.size(3)
         key_t = cache_t + x.size(1)
         pos_emb = self.embed.pos_enc.position_encoding(offset - cache_t, key_t)
         if required_cache_size < 0:
@@ -209,15 +230,27 @@ class ConformerEncoder(nn.Module):
         new_att_caches, new_cnn_caches = [], []
         for i, layer in enumerate(self.encoders):
             x, new_att, new_cnn = layer(
-                x,
-                None,
-                pos_emb,
-                att_cache=att_cache[i : i + 1] if att_cache.size(0) > 0 else att_cache,
-                cnn_cache=cnn_cache[i] if cnn_cache.size(0) > 0 else cnn_cache,
+                x, att_mask, pos_emb, att_cache=att_cache[:, i], cnn_cache=cnn_cache[:, i]
             )
             new_att_caches.append(new_att[:, :, next_cache_start:])
-            new_cnn_caches.append(new_cnn.unsqueeze(0))
-        return self.after_norm(x), torch.cat(new_att_caches), torch.cat(new_cnn_caches)
+            new_cnn_caches.append(new_cnn)
+        return (
+            self.after_norm(x),
+            torch.stack(new_att_caches, dim=1),
+            torch.stack(new_cnn_caches, dim=1),
+        )
+
+    def batch_first_caches(
+        self, att_cache: torch.Tensor, cnn_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """WeNet's one-stream caches (empty ones included) in the batch-first layout."""
+        n_layers = len(self.encoders)
+        if att_cache.size(0) == 0:
+            attn = self.encoders[0].self_attn
+            att_cache = att_cache.new_zeros(n_layers, attn.h, 0, 2 * attn.d_k)
+        if cnn_cache.size(0) == 0:
+            cnn_cache = cnn_cache.new_zeros(n_layers, 1, self.output_size, 0)
+        return att_cache.unsqueeze(0), cnn_cache.transpose(0, 1)
 
     def forward_chunk_by_chunk(
         self, feats: torch.Tensor, chunk_size: int, num_left_chunks: int = -1
@@ -230,16 +263,15 @@ class ConformerEncoder(nn.Module):
         """
         if chunk_size <= 0:
             raise ValueError(f"chunk-by-chunk decoding needs chunk_size > 0, got {chunk_size}")
-        context = self.right_context + 1
-        stride = self.subsampling_rate * chunk_size
-        window = (chunk_size - 1) * self.subsampling_rate + context
-        required_cache_size = chunk_size * num_left_chunks
+        windows = ChunkWindows(
+            chunk_size, self.subsampling_rate, self.right_context, num_left_chunks
+        )
         att_cache = feats.new_zeros(0, 0, 0, 0)
         cnn_cache = feats.new_zeros(0, 0, 0, 0)
         outputs, offset = [], 0
-        for start in range(0, feats.size(1) - context + 1, stride):
+        for start, end in windows.chunks(feats.size(1)):
             y, att_cache, cnn_cache = self.forward_chunk(
-                feats[:, start : start + window], offset, required_cache_size, att_cache, cnn_cache
+                feats[:, start:end], offset, windows.required_cache_size, att_cache, cnn_cache
             )
             outputs.append(y)
             offset += y.size(1)
