@@ -2,6 +2,11 @@
 
 import contextlib
 import json
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -172,3 +177,112 @@ def test_limits_streams_idle_utterance_and_message_size(model_dir):
         assert running.health()["streams"] == 0
     finally:
         running.stop()
+
+
+def fuzz_connection(url: str, rng: np.random.Generator) -> None:
+    """One connection doing something random and often wrong; the server may close it."""
+    with connect(url, open_timeout=30, max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            if rng.random() < 0.8:
+                ws.send(
+                    json.dumps({"signal": "start", "continuous_decoding": bool(rng.random() < 0.5)})
+                )
+            for _ in range(int(rng.integers(1, 6))):
+                kind = rng.integers(0, 6)
+                if kind == 0:  # odd-length PCM, random samples
+                    ws.send(
+                        rng.integers(0, 256, int(rng.integers(1, 4000)) * 2 + 1, np.uint8).tobytes()
+                    )
+                elif kind == 1:  # text where binary is expected
+                    ws.send(rng.choice(["hello", "{", '{"signal": 3}', "null", '"start"']))
+                elif kind == 2:  # oversized
+                    ws.send(b"\x01" * 70000)
+                elif kind == 3:  # a truncated frame, then the socket goes away
+                    ws.socket.sendall(bytes([0x82, 0x7E, 0x10, 0x00]) + b"\x00" * 100)
+                    ws.socket.close()
+                    return
+                elif kind == 4:  # abrupt disconnect mid-utterance
+                    ws.send(speech(0.5, seed=3).tobytes())
+                    ws.socket.close()
+                    return
+                else:
+                    ws.send(json.dumps({"signal": "end"}))
+            ws.recv(timeout=0.2)
+
+
+def test_fuzz_no_crash_no_leak_others_unchanged(model_dir, alone):
+    limits = Limits(max_message_bytes=65536, idle_timeout_s=5.0)
+    running = RunningServer(model_dir, limits)
+    samples = speech(2.0, seed=4)
+    expected = alone(samples).text
+    try:
+        for round_ in range(12):
+            with ThreadPoolExecutor(3) as pool:
+                good = pool.submit(stream, running.url, samples, 800)
+                bad = [
+                    pool.submit(fuzz_connection, running.url, np.random.default_rng([round_, i]))
+                    for i in range(2)
+                ]
+                assert finals(good.result())[0]["sentence"] == expected
+                for future in bad:
+                    future.result()  # the fuzzing client itself ran through
+        deadline = time.monotonic() + 10
+        while running.health()["streams"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.health()["streams"] == 0
+    finally:
+        running.stop()
+
+
+def test_sigterm_finishes_open_streams_with_finals_and_exits_0(model_dir, alone):
+    command = [sys.executable, "-m", "u2moe", "serve", "--model", str(model_dir), "--port", "0"]
+    command += ["--chunk-size", str(CHUNK), "--left-chunks", "-1"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:  # the log says where it listens
+            if "serving on " in line:
+                url = line.split("serving on ")[1].strip()
+                break
+        samples = speech(1.5, seed=5)
+        with connect(url) as ws:
+            ws.send(json.dumps({"signal": "start"}))
+            ws.send(samples.tobytes())
+            assert json.loads(ws.recv(timeout=30))["type"] == "server_ready"
+            assert json.loads(ws.recv(timeout=30))["type"] == "partial_result"
+            server.send_signal(signal.SIGTERM)
+            messages = receive_all(ws)
+        assert messages[-1]["type"] == "speech_end"
+        assert finals(messages)[0]["sentence"] == alone(samples).text
+        assert server.wait(30) == 0
+    finally:
+        server.kill()
+
+
+def test_concurrent_streams_are_batched_and_equal_each_alone(model_dir):
+    # 8 streams of different lengths, started at different times, with endpoints inside:
+    # each gets exactly the messages it gets alone
+    audio = [
+        np.concatenate([speech(0.6 + 0.25 * i, seed=i), np.zeros(8000 * (i % 3), np.int16)] * 2)
+        for i in range(8)
+    ]
+    start = {"continuous_decoding": True}
+    running = RunningServer(model_dir, max_batch=8, endpoint=ENDPOINT)
+    try:
+        alone = [stream(running.url, samples, 1600, start) for samples in audio]
+        before = running.health()
+        with ThreadPoolExecutor(8) as pool:
+            delayed = [
+                pool.submit(
+                    lambda i: time.sleep(0.05 * i) or stream(running.url, audio[i], 1600, start), i
+                )
+                for i in range(8)
+            ]
+            together = [future.result() for future in delayed]
+        after = running.health()
+    finally:
+        running.stop()
+    assert together == alone
+    assert sum(len(finals(m)) for m in alone) > 8  # endpoints fired inside some streams
+    steps = after["batches"] - before["batches"]
+    chunks = after["batched_chunks"] - before["batched_chunks"]
+    assert chunks / steps > 1.5  # streams shared encoder calls

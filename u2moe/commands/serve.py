@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     tls = tls_context(args.certfile, args.keyfile)
     streaming = load_model(args.model, args.device, **options)
     full_context = dataclasses.replace(streaming.decode_cfg, chunk_size=-1, num_left_chunks=-1)
-    offline = Transcriber(streaming.model, streaming.tokenizer, streaming.data_cfg, full_context)
+    offline = Transcriber(streaming.backend, streaming.tokenizer, streaming.data_cfg, full_context)
     limits = Limits(
         max_streams=args.max_streams,
         max_message_bytes=args.max_message_kb * 1024,

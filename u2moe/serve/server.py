@@ -224,7 +224,8 @@ class Server:
             "streams": len(self.sessions),
             "max_streams": self.limits.max_streams,
             "rounds": self.engine.rounds,
-            "batches": self.engine.batches,
+            "batches": self.engine.backend.steps,  # encoder calls
+            "batched_chunks": self.engine.backend.chunks,  # stream chunks they carried
             "max_batch": self.engine.max_batch,
         }
 
