@@ -6,7 +6,8 @@
 # when one of those is missing, a deb822 source for contrib/non-free is added first.
 set -euo pipefail
 
-base=(sox libsndfile1 irstlm)  # irstlm: word n-gram LMs for `u2moe lm`
+# irstlm: word n-gram LMs for `u2moe lm`; chromium: the web page's test (test_serve_browser.py)
+base=(sox libsndfile1 irstlm chromium chromium-driver)
 # Engines and voices of the corpus recipe (u2moe/corpus/voices.py), and its text sources.
 corpus_main=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
