@@ -25,6 +25,7 @@ from serve_support import (  # noqa: I001 (tests/ helper)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from u2moe.cli import main
 from u2moe.serve.server import Limits
 
 
@@ -286,3 +287,28 @@ def test_concurrent_streams_are_batched_and_equal_each_alone(model_dir):
     steps = after["batches"] - before["batches"]
     chunks = after["batched_chunks"] - before["batched_chunks"]
     assert chunks / steps > 1.5  # streams shared encoder calls
+
+
+def test_client_prints_partials_and_the_final(server, alone, tmp_path, capsys):
+    samples = speech(1.4, seed=6)
+    wav = write_wav(tmp_path / "a.wav", samples)
+    assert main(["client", server.url, str(wav), "--chunk-ms", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("partial\t") and all(x.startswith("partial\t") for x in lines[:-1])
+    kind, span, text = lines[-1].split("\t")
+    assert kind == "final" and text == alone(samples).text
+    assert main(["client", "ws://127.0.0.1:1", str(wav)]) == 2
+    assert "cannot connect to ws://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_options_in_one_line(model_dir, capsys):
+    assert main(["serve", "--model", str(model_dir), "--keyfile", "key.pem"]) == 2
+    assert main(["serve", "--model", str(model_dir), "--max-batch", "0"]) == 2
+    assert main(["serve", "--model", str(model_dir), "--host", "192.0.2.1", "--port", "0"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "u2moe serve: error: --keyfile needs --certfile",
+        "u2moe serve: error: --max-batch must be at least 1",
+        errors[2],
+    ]
+    assert errors[2].startswith("u2moe serve: error: cannot listen on 192.0.2.1:0")

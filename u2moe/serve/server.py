@@ -119,27 +119,29 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         create_connection = functools.partial(_connection, max_body=self.limits.max_upload_bytes)
-        async with websockets.serve(
-            self.handle,
-            host,
-            port,
-            ssl=ssl,
-            process_request=self.process_request,
-            create_connection=create_connection,
-            max_size=self.limits.max_message_bytes,
-            open_timeout=600,  # the handshake includes a POST /transcribe's decoding
-            logger=log,
-        ) as server:
-            self.port = server.sockets[0].getsockname()[1]
-            log.info("serving on %s://%s:%d", "wss" if ssl else "ws", host, self.port)
-            if ready is not None:
-                ready(self.port)
-            await self._stop.wait()
-            self.stopping = True
-            server.close(close_connections=False)  # no new connections
-            await asyncio.gather(*(self.drain(s) for s in list(self.sessions)))
-            await server.wait_closed()
-        self.engine.close()
+        try:
+            async with websockets.serve(
+                self.handle,
+                host,
+                port,
+                ssl=ssl,
+                process_request=self.process_request,
+                create_connection=create_connection,
+                max_size=self.limits.max_message_bytes,
+                open_timeout=600,  # the handshake includes a POST /transcribe's decoding
+                logger=log,
+            ) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                log.info("serving on %s://%s:%d", "wss" if ssl else "ws", host, self.port)
+                if ready is not None:
+                    ready(self.port)
+                await self._stop.wait()
+                self.stopping = True
+                server.close(close_connections=False)  # no new connections
+                await asyncio.gather(*(self.drain(s) for s in list(self.sessions)))
+                await server.wait_closed()
+        finally:
+            self.engine.close()
 
     def stop(self) -> None:
         self._stop.set()
