@@ -68,7 +68,9 @@ def transcribers(model_dir: Path, **decode) -> tuple[Transcriber, Transcriber]:
 class RunningServer:
     """`Server.serve` on a free loopback port, in a thread with its own event loop."""
 
-    def __init__(self, model_dir: Path, limits: Limits | None = None, max_batch=32, **decode):
+    def __init__(
+        self, model_dir: Path, limits: Limits | None = None, max_batch=32, tls=None, **decode
+    ):
         streaming, offline = transcribers(model_dir, **decode)
         self.server = Server(streaming, offline, limits, str(model_dir), max_batch=max_batch)
         started = threading.Event()
@@ -76,7 +78,7 @@ class RunningServer:
 
         def run():
             self.loop.run_until_complete(
-                self.server.serve("127.0.0.1", 0, ready=lambda port: started.set())
+                self.server.serve("127.0.0.1", 0, tls, ready=lambda port: started.set())
             )
 
         self.thread = threading.Thread(target=run, daemon=True)
@@ -84,6 +86,8 @@ class RunningServer:
         assert started.wait(30), "the server did not start"
         self.url = f"ws://127.0.0.1:{self.server.port}"
         self.http_url = f"http://127.0.0.1:{self.server.port}"
+        self.https_url = f"https://127.0.0.1:{self.server.port}"
+        self.wss_url = f"wss://127.0.0.1:{self.server.port}"
 
     def get(self, path: str, data: bytes | None = None) -> tuple[int, bytes]:
         try:

@@ -2,10 +2,13 @@
 
 import contextlib
 import json
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from u2moe.cli import main
+from u2moe.commands.serve import tls_context
 from u2moe.serve.server import Limits
 
 
@@ -312,3 +316,27 @@ def test_serve_refuses_bad_options_in_one_line(model_dir, capsys):
         errors[2],
     ]
     assert errors[2].startswith("u2moe serve: error: cannot listen on 192.0.2.1:0")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a certificate")
+def test_tls_serves_the_page_and_streams_over_wss(model_dir, alone, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    running = RunningServer(model_dir, tls=tls_context(str(cert), str(key)))
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        with urllib.request.urlopen(running.https_url + "/", context=trust, timeout=30) as page:
+            assert b"Start microphone" in page.read()
+        samples = speech(1.0, seed=7)
+        with connect(running.wss_url, ssl=trust) as ws:
+            ws.send(json.dumps({"signal": "start"}))
+            ws.send(samples.tobytes())
+            ws.send(json.dumps({"signal": "end"}))
+            assert finals(receive_all(ws))[0]["sentence"] == alone(samples).text
+    finally:
+        running.stop()
