@@ -49,7 +49,11 @@ SCRIPT = textwrap.dedent(
         '''A stand-in model: encoder frames are projected fbank windows, token 2 wins
         where the first projected channel is high.'''
 
-        info = ModelInfo(4, 6, 1, 1, 2, 4, 0, 5, 4, 4, False, 80)
+        info = ModelInfo(
+            subsampling_rate=4, right_context=6, num_blocks=1, n_heads=1, d_k=2,
+            output_size=4, cnn_cache_frames=0, vocab_size=5, sos=4, eos=4,
+            has_right_decoder=False, feature_dim=80,
+        )
 
         def __init__(self):
             self.weight = np.random.default_rng(0).standard_normal((80, 4)).astype(np.float32)

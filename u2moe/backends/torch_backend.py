@@ -50,13 +50,15 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encoder_step(self, chunk, offset, required_cache_size, att_cache, cnn_cache, att_mask):
+        # A mask that hides nothing is left out: the same result, less work per layer.
+        mask = None if att_mask.all() else self.tensor(att_mask)
         out, att_cache, cnn_cache = self.model.encoder.forward_chunk(
             self.tensor(chunk),
             self.tensor(offset),
             required_cache_size,
             self.tensor(att_cache),
             self.tensor(cnn_cache),
-            self.tensor(att_mask),
+            mask,
         )
         return numpy(out), numpy(att_cache), numpy(cnn_cache)
 

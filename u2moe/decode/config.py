@@ -44,8 +44,8 @@ class DecodeConfig:
     word_score: float = 1.0
     chunk_size: int = -1  # decoding chunk in encoder frames; -1: full context
     num_left_chunks: int = -1  # chunks of left context; -1: all of it
-    # True: run the encoder chunk by chunk with caches (forward_chunk), one utterance at a
-    # time, as a streaming server does; same results as the chunk mask, honest streaming RTF
+    # True: run the encoder chunk by chunk with caches (decode.stream.EncoderStream), one
+    # utterance at a time; same results as the chunk mask, honest streaming RTF
     streaming: bool = False
     batch_size: int = 16  # utterances per batch in `u2moe decode`
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)

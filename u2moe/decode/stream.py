@@ -132,6 +132,9 @@ def encoder_step_batch(backend, streams: list[EncoderStream]) -> list[np.ndarray
 def padded_att_caches(streams: list[EncoderStream], t: int) -> tuple[np.ndarray, np.ndarray]:
     """The streams' attention caches left-padded with zeros to the longest, (B, num_blocks,
     n_heads, C, 2 d_k), and att_mask (B, 1, C + t): True at real cache slots and new frames."""
+    if len(streams) == 1:  # nothing to pad: no copy of a possibly long cache
+        cache = streams[0].att_cache
+        return cache[None], np.ones((1, 1, cache.shape[2] + t), dtype=bool)
     lengths = [stream.att_cache.shape[2] for stream in streams]
     longest = max(lengths)
     blocks, heads, _, width = streams[0].att_cache.shape
