@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from u2moe.errors import UserError
-from u2moe.serve import http, protocol
+from u2moe.serve import protocol, routes
 from u2moe.serve.engine import Engine
 
 log = logging.getLogger("u2moe.serve")
@@ -67,11 +67,11 @@ class Session:
         self.done = True
 
     async def on_text(self, message: str) -> None:
-        signal_ = protocol.parse_text(message)
-        if isinstance(signal_, protocol.Start):
+        request = protocol.parse_text(message)
+        if isinstance(request, protocol.Start):
             if self.start is not None:
                 raise SessionError("Unexpected start signal: the stream has started")
-            self.start = signal_
+            self.start = request
             self.stream = self.engine.open_stream()
             await self.connection.send(protocol.server_ready())
         elif self.start is None:
@@ -206,18 +206,18 @@ class Server:
             await session.connection.send(protocol.failed(message))
             await session.connection.close()
 
-    async def process_request(self, connection, request: http.HttpRequest):
-        """Plain HTTP requests (http.py); None lets a websocket handshake go on."""
+    async def process_request(self, connection, request: routes.HttpRequest):
+        """Plain HTTP requests (routes.py); None lets a websocket handshake go on."""
         path = request.path.split("?")[0]
-        if request.method == "GET" and http.is_websocket(request):
+        if request.method == "GET" and routes.is_websocket(request):
             return None
         if request.method == "GET" and path == "/healthz":
-            return http.respond_json(200, self.health())
+            return routes.respond_json(200, self.health())
         if request.method == "GET":
-            return http.static_file(path)
+            return routes.static_file(path)
         if request.method == "POST" and path == "/transcribe":
             return await self.transcribe(request)
-        return http.error(405 if path == "/transcribe" else 404, f"no {request.method} {path}")
+        return routes.error(405 if path == "/transcribe" else 404, f"no {request.method} {path}")
 
     def health(self) -> dict:
         return {
@@ -231,13 +231,13 @@ class Server:
             "max_batch": self.engine.max_batch,
         }
 
-    async def transcribe(self, request: http.HttpRequest):
+    async def transcribe(self, request: routes.HttpRequest):
         if request.too_large:
             limit = self.limits.max_upload_bytes
-            return http.error(413, f"audio larger than {limit} bytes")
+            return routes.error(413, f"audio larger than {limit} bytes")
         if not request.body:
-            return http.error(400, "no audio: POST the audio file as the request body")
-        options = http.transcribe_options(request)
+            return routes.error(400, "no audio: POST the audio file as the request body")
+        options = routes.transcribe_options(request)
         with tempfile.TemporaryDirectory(prefix="u2moe-serve-") as tmp:
             path = os.path.join(tmp, "upload")
             with open(path, "wb") as f:
@@ -247,12 +247,12 @@ class Server:
                     self.offline.transcribe, path, options["timestamps"]
                 )
             except UserError as e:
-                return http.error(400, str(e).replace(path, options["name"]))
-        return http.respond_json(200, {"file": options["name"], **result.as_dict()})
+                return routes.error(400, str(e).replace(path, options["name"]))
+        return routes.respond_json(200, {"file": options["name"], **result.as_dict()})
 
 
 def _connection(protocol_, server, max_body: int, **kwargs) -> ServerConnection:
-    """A websocket connection whose opening request may carry a body (http.py)."""
-    protocol_.parser = http.parse_with_bodies(protocol_, max_body)
+    """A websocket connection whose opening request may carry a body (routes.py)."""
+    protocol_.parser = routes.parse_with_bodies(protocol_, max_body)
     next(protocol_.parser)
     return ServerConnection(protocol_, server, **kwargs)
