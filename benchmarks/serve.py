@@ -6,7 +6,7 @@
 For each model (random weights from configs/; a random model's text is meaningless, its
 compute is not) and each --max-batch (batched, and 1: every stream's chunk alone), a
 `u2moe serve` subprocess (chunk 16, 4 left chunks, endpoints off) takes N clients for N in
---clients, in order, until an N is not real time. Each client streams --seconds of audio in
+--clients, in order, until an N is not real time (with --keep-going, every N). Each client streams --seconds of audio in
 100 ms messages, started within one message of each other:
 - real-time pass (messages at the audio's pace): first partial = from a stream's first
   audio to its first partial_result; final = from its end signal to its final_result
@@ -180,9 +180,10 @@ def run_setting(name: str, directory: Path, max_batch: int, args) -> int:
                 f"{'yes' if realtime else 'no':>5}",
                 flush=True,
             )
-            if not realtime:
+            if realtime:
+                largest = n
+            elif not args.keep_going:
                 break
-            largest = n
     finally:
         server.stop()
     return largest
@@ -197,6 +198,9 @@ def main() -> None:
     parser.add_argument("--slack", type=float, default=1.0, help="p95 final latency, seconds")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per setting")
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    parser.add_argument(
+        "--keep-going", action="store_true", help="measure every N, also after one not real time"
+    )
     args = parser.parse_args()
 
     print(f"{args.seconds:g} s of audio per client, {MESSAGE_MS} ms messages, chunk 16 (640 ms),")
