@@ -6,8 +6,8 @@
 For each model (random weights from configs/; a random model's text is meaningless, its
 compute is not) and each --max-batch (batched, and 1: every stream's chunk alone), a
 `u2moe serve` subprocess (chunk 16, 4 left chunks, endpoints off) takes N clients for N in
---clients, in order, until an N is not real time (with --keep-going, every N). Each client streams --seconds of audio in
-100 ms messages, started within one message of each other:
+--clients, in order, until an N is not real time (with --keep-going, every N). Each client
+streams --seconds of audio in 100 ms messages, started within one message of each other:
 - real-time pass (messages at the audio's pace): first partial = from a stream's first
   audio to its first partial_result; final = from its end signal to its final_result
   (median and p95 over streams); real time = the p95 final latency is within --slack s;
