@@ -340,3 +340,14 @@ def test_tls_serves_the_page_and_streams_over_wss(model_dir, alone, tmp_path):
             assert finals(receive_all(ws))[0]["sentence"] == alone(samples).text
     finally:
         running.stop()
+
+
+@pytest.mark.xfail(
+    reason="decode/timestamps.py ctc_spikes: `state -= back[t, state]` makes state an int8 "
+    "NumPy scalar, which overflows past 127 states (64 tokens in an utterance)",
+    strict=False,
+)
+def test_a_long_utterance_gets_its_final_with_word_times(server):
+    messages = stream(server.url, speech(6.0, seed=8))
+    assert [m.get("type") for m in messages][-2:] == ["final_result", "speech_end"]
+    assert len(finals(messages)[0]["sentence"]) > 50 and finals(messages)[0]["word_pieces"]
