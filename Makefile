@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/install_system_packages.sh
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch; an existing torch (a CUDA build, say) is kept.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[torch,dev]"
 	touch $(STAMP)
 
 lint: setup

@@ -3,6 +3,7 @@
     python benchmarks/rtf.py                          # CPU, packed fp32 and int8
     python benchmarks/rtf.py --weights eager float32 int8 --durations 5 7.5 10 --threads 2
     python benchmarks/rtf.py --device cuda --weights eager
+    python benchmarks/rtf.py --engine torch,onnxruntime,onnxruntime-int8 --models Dense-225M
 
 Random weights (the configs in configs/), random 80-dim features of the given durations
 (features are computed the same way for every model, so they are left out). Rows:
@@ -17,14 +18,22 @@ passes, the rows of one model interleaved pass by pass (a shared machine drifts)
 Weights: "eager" (nn.Parameters, the training path), "float32" or "int8" (packed once for
 CPU inference by `u2moe.model.packing.pack_for_cpu`). Beside the RTF ratios, the ratio of
 FLOPs actually run (counted with torch.utils.flop_counter on the eager model).
+Engines (`--engine`): torch (the weights above), onnxruntime / onnxruntime-int8: the model
+exported by `u2moe export` (a full-context and a chunk export, all left chunks, the default
+MoE form) and run by `u2moe.backends.onnx_backend.OnnxBackend` with --threads intra-op
+threads (fp32, or its *.int8.onnx files); rows are the same stages through the Backend.
 """
 
 import argparse
+import contextlib
 import copy
+import io
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,22 +64,55 @@ def forced_nbest(n: int, length: int, vocab_size: int, generator) -> list[Hypoth
     ]
 
 
-def encode(model: U2Model, feats: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """feats (1, T, 80) -> enc (1, T', d), enc_lengths (1,)."""
-    if chunk <= 0:
-        return model.encode(feats, torch.tensor([feats.size(1)], device=feats.device))
-    enc, mask = model.encoder.forward_chunk_by_chunk(feats, chunk, -1)
-    return enc, mask.squeeze(1).sum(1)
+class TorchEngine:
+    """The PyTorch model: encode(feats, chunk) and the Backend its searches use."""
+
+    def __init__(self, model: U2Model):
+        self.model = model
+        self.backend = TorchBackend(model)
+
+    def encode(self, feats: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (1, T, 80) -> enc (1, T', d), enc_lengths (1,)."""
+        model = self.model
+        if chunk <= 0:
+            return model.encode(feats, torch.tensor([feats.size(1)], device=feats.device))
+        enc, mask = model.encoder.forward_chunk_by_chunk(feats, chunk, -1)
+        return enc, mask.squeeze(1).sum(1)
 
 
-def decode(model: U2Model, feats: torch.Tensor, chunk: int, args, generator) -> None:
-    enc, enc_lengths = encode(model, feats, chunk)
-    log_probs = model.ctc_log_probs(enc).cpu()
-    ctc_prefix_beam_search(log_probs, enc_lengths.cpu(), args.beam)
+class OrtEngine:
+    """An `u2moe export` of the model in onnxruntime: one export per chunk setting."""
+
+    def __init__(self, model: U2Model, chunks: list[int], int8: bool, threads: int, tmp: Path):
+        from u2moe.backends.onnx_backend import OnnxBackend
+        from u2moe.export import DEFAULT_MOE_FORM
+        from u2moe.export.onnx import export_onnx_dir
+
+        units = [str(i) for i in range(model.vocab_size)]
+        self.backends = {}
+        for chunk in chunks:
+            out = tmp / f"chunk{chunk}"
+            if not out.exists():
+                out.mkdir()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    export_onnx_dir(model, units, out, chunk, -1, DEFAULT_MOE_FORM, True)
+                (out / "config.yaml").write_text("export: {format: onnx, int8: true}\n")
+            self.backends[chunk] = OnnxBackend(out, int8, threads)
+        self.backend = self.backends[chunks[0]]
+
+    def encode(self, feats: torch.Tensor, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        self.backend = self.backends[chunk]
+        return self.backend.encode(feats.cpu().numpy(), np.array([feats.size(1)]), chunk, -1)
+
+
+def decode(engine, feats: torch.Tensor, chunk: int, args, generator) -> None:
+    enc, enc_lengths = engine.encode(feats, chunk)
+    log_probs = engine.backend.ctc_log_probs(enc)
+    ctc_prefix_beam_search(log_probs, enc_lengths, args.beam)
     seconds = feats.size(1) / FRAMES_PER_SECOND
     length = round(args.tokens_per_second * seconds)
-    nbest = forced_nbest(args.beam, length, model.vocab_size, generator)
-    attention_rescoring(TorchBackend(model), [nbest], enc, enc_lengths, 0.3, 0.3)
+    nbest = forced_nbest(args.beam, length, engine.backend.info.vocab_size, generator)
+    attention_rescoring(engine.backend, [nbest], enc, enc_lengths, 0.3, 0.3)
 
 
 def sync(device: str) -> None:
@@ -78,7 +120,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def one_pass(model: U2Model, utterances: list[torch.Tensor], stage: str, chunk: int, args):
+def one_pass(engine, utterances: list[torch.Tensor], stage: str, chunk: int, args):
     """Seconds to run one stage ("encoder" or "decode") over all utterances."""
     generator = torch.Generator().manual_seed(0)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -86,23 +128,23 @@ def one_pass(model: U2Model, utterances: list[torch.Tensor], stage: str, chunk: 
     start = clock()
     for feats in utterances:
         if stage == "encoder":
-            encode(model, feats, chunk)
+            engine.encode(feats, chunk)
         else:
-            decode(model, feats, chunk, args, generator)
+            decode(engine, feats, chunk, args, generator)
     sync(args.device)
     return clock() - start
 
 
-def measure(model: U2Model, utterances: list[torch.Tensor], rows: list, args) -> list[float]:
+def measure(engine, utterances: list[torch.Tensor], rows: list, args) -> list[float]:
     """RTF of each (stage, chunk) row: median over --repeat passes, rows interleaved."""
     times = [[] for _ in rows]
     with torch.inference_mode():
         warm_up = [utterances[0][:, : 2 * FRAMES_PER_SECOND]]
         for stage, chunk in rows:
-            one_pass(model, warm_up, stage, chunk, args)
+            one_pass(engine, warm_up, stage, chunk, args)
         for _ in range(args.repeat):
             for i, (stage, chunk) in enumerate(rows):
-                times[i].append(one_pass(model, utterances, stage, chunk, args))
+                times[i].append(one_pass(engine, utterances, stage, chunk, args))
     audio = sum(f.size(1) for f in utterances) / FRAMES_PER_SECOND
     return [statistics.median(t) / audio for t in times]
 
@@ -110,11 +152,12 @@ def measure(model: U2Model, utterances: list[torch.Tensor], rows: list, args) ->
 def count_flops(model: U2Model, feats: torch.Tensor, args) -> dict[str, int]:
     """FLOPs actually run on one utterance (full context): encoder, and the whole decode."""
     generator = torch.Generator().manual_seed(0)
+    engine = TorchEngine(model)
     with torch.inference_mode():
         with FlopCounterMode(display=False) as encoder_counter:
-            encode(model, feats, -1)
+            engine.encode(feats, -1)
         with FlopCounterMode(display=False) as decode_counter:
-            decode(model, feats, -1, args, generator)
+            decode(engine, feats, -1, args, generator)
     return {
         "encoder": encoder_counter.get_total_flops(),
         "decode": decode_counter.get_total_flops(),
@@ -129,6 +172,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=16, help="streaming chunk (encoder frames)")
     parser.add_argument("--stages", nargs="+", choices=["encoder", "decode"], default=None)
     parser.add_argument("--weights", nargs="+", choices=["eager", "float32", "int8"], default=None)
+    parser.add_argument(
+        "--engine", default="torch", help="comma-separated: torch, onnxruntime, onnxruntime-int8"
+    )
     parser.add_argument("--beam", type=int, default=10)
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -141,7 +187,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     stages = args.stages or ["encoder", "decode"]
+    engines = args.engine.split(",")
+    if set(engines) - {"torch", "onnxruntime", "onnxruntime-int8"}:
+        parser.error(f"--engine: unknown engine in {args.engine!r}")
     weights = args.weights or (["float32", "int8"] if args.device == "cpu" else ["eager"])
+    # a "weights" column per row: torch's packings, then the onnxruntime engines
+    columns = (weights if "torch" in engines else []) + [e for e in engines if e != "torch"]
     if args.device != "cpu" and weights != ["eager"]:
         parser.error("packed float32/int8 weights are for CPU; use --weights eager on GPU")
     torch.set_num_threads(args.threads)
@@ -158,18 +209,29 @@ def main() -> None:
         f"{args.tokens_per_second:g} tokens/s in the rescored n-best"
     )
     rtf, flops = {}, {}
+    rows = [(stage, mode) for stage in stages for mode in modes]
+    tmp = tempfile.TemporaryDirectory()
     for name in args.models:
         model = build_model(CONFIGS / MODELS[name], args.device)
         flops[name] = count_flops(model, utterances[-1], args)
-        for w in weights:
-            packed = model if w == "eager" else pack_for_cpu(copy.deepcopy(model), w)
-            rows = [(stage, mode) for stage in stages for mode in modes]
-            values = measure(packed, utterances, [(st, modes[m]) for st, m in rows], args)
+        for w in columns:
+            if w.startswith("onnxruntime"):
+                exports = Path(tmp.name) / name
+                exports.mkdir(exist_ok=True)
+                engine = OrtEngine(
+                    model, list(modes.values()), w.endswith("int8"), args.threads, exports
+                )
+            else:
+                engine = TorchEngine(
+                    model if w == "eager" else pack_for_cpu(copy.deepcopy(model), w)
+                )
+            values = measure(engine, utterances, [(st, modes[m]) for st, m in rows], args)
             for (stage, mode), value in zip(rows, values, strict=True):
                 rtf[name, w, stage, mode] = value
-                print(f"{name:>10} {w:>7} {stage:>7} {mode:>7}  RTF {value:.4f}", flush=True)
-            del packed
+                print(f"{name:>10} {w:>16} {stage:>7} {mode:>7}  RTF {value:.4f}", flush=True)
+            del engine
         del model
+    tmp.cleanup()
 
     print("\nratios of RTF (and of FLOPs run, full context):")
     pairs = [
@@ -182,7 +244,7 @@ def main() -> None:
             flop_ratio = flops[a][stage] / flops[b][stage]
             cells = [
                 f"{w} {mode} {rtf[a, w, stage, mode] / rtf[b, w, stage, mode]:.2f}"
-                for w in weights
+                for w in columns
                 for mode in modes
             ]
             print(f"{a} / {b} {stage:>7}: " + ", ".join(cells) + f"  (FLOPs {flop_ratio:.2f})")

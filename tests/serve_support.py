@@ -3,6 +3,8 @@ and a websocket client that streams PCM and collects the server's messages."""
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -103,6 +105,18 @@ class RunningServer:
         self.loop.call_soon_threadsafe(self.server.stop)
         self.thread.join(30)
         assert not self.thread.is_alive(), "the server did not stop"
+
+
+def serve_process(*options: str) -> tuple[subprocess.Popen, str]:
+    """`u2moe serve OPTIONS --port 0` in a subprocess, and the ws:// address it serves."""
+    command = [sys.executable, "-m", "u2moe", "serve", *options, "--port", "0"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for line in server.stderr:  # the log says where it listens
+        if "serving on " in line:
+            threading.Thread(target=server.stderr.read, daemon=True).start()  # keep it flowing
+            return server, line.split("serving on ")[1].strip()
+    server.kill()
+    raise AssertionError(f"u2moe serve {' '.join(options)} did not start")
 
 
 def stream(url: str, samples, piece_samples: int = 1600, start: dict | None = None):

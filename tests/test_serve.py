@@ -2,12 +2,12 @@
 
 import asyncio
 import contextlib
+import io
 import json
 import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +21,7 @@ from serve_support import (  # noqa: I001 (tests/ helper)
     finals,
     make_model_dir,
     receive_all,
+    serve_process,
     speech,
     stream,
     transcribers,
@@ -241,14 +242,9 @@ def test_fuzz_no_crash_no_leak_others_unchanged(model_dir, alone):
 
 
 def test_sigterm_finishes_open_streams_with_finals_and_exits_0(model_dir, alone):
-    command = [sys.executable, "-m", "u2moe", "serve", "--model", str(model_dir), "--port", "0"]
-    command += ["--chunk-size", str(CHUNK), "--left-chunks", "-1"]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    options = ["--model", str(model_dir), "--chunk-size", str(CHUNK), "--left-chunks", "-1"]
+    server, url = serve_process(*options)
     try:
-        for line in server.stderr:  # the log says where it listens
-            if "serving on " in line:
-                url = line.split("serving on ")[1].strip()
-                break
         samples = speech(1.5, seed=5)
         with connect(url) as ws:
             ws.send(json.dumps({"signal": "start"}))
@@ -355,3 +351,26 @@ def test_a_long_utterance_gets_its_final_with_word_times(server):
     messages = stream(server.url, speech(12.0, seed=8))  # 126 tokens
     assert [m.get("type") for m in messages][-2:] == ["final_result", "speech_end"]
     assert len(finals(messages)[0]["sentence"]) > 100 and finals(messages)[0]["word_pieces"]
+
+
+def test_onnx_export_served_like_the_runtime_transcribes(model_dir, tmp_path):
+    from u2moe.export import export_model
+    from u2moe.runtime import load_model
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        export_model(model_dir, tmp_path / "onnx", CHUNK, 2)
+    runtime = load_model(tmp_path / "onnx")
+    server, url = serve_process("--onnx", str(tmp_path / "onnx"))
+    try:
+        audio = [speech(1.3, seed=9), speech(0.9, seed=10)]
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda samples: stream(url, samples), audio))
+        for samples, messages in zip(audio, got, strict=True):
+            assert finals(messages)[0]["sentence"] == runtime.transcribe(samples).text
+        http_url = url.replace("ws://", "http://")
+        with urllib.request.urlopen(http_url + "/healthz", timeout=30) as response:
+            assert json.load(response)["model"] == str(tmp_path / "onnx")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        server.kill()

@@ -22,6 +22,7 @@ COMMANDS = {
     "lm": ("u2moe.commands.lm", "a lexicon and word n-gram LM for ctc_lexicon_beam_search"),
     "decode": ("u2moe.commands.decode", "decode a manifest and score WER/CER and RTF"),
     "transcribe": ("u2moe.commands.transcribe", "transcribe audio files"),
+    "export": ("u2moe.commands.export", "ONNX / sherpa-onnx / WeNet export of a model"),
     "serve": ("u2moe.commands.serve", "a streaming server (WeNet's websocket protocol), web page"),
     "client": ("u2moe.commands.client", "stream an audio file to a streaming server"),
     "demo": ("u2moe.commands.demo", "the main job: corpus, train MoE and dense, decode, report"),

@@ -51,9 +51,15 @@ def encode_batch(backend, feats: np.ndarray, lengths: np.ndarray, cfg: DecodeCon
     chunk with caches, one utterance (stream) at a time as a streaming server runs it."""
     if not cfg.streaming:
         return backend.encode(feats, lengths, cfg.chunk_size, cfg.num_left_chunks)
+    return encode_streams(backend, feats, lengths, cfg.chunk_size, cfg.num_left_chunks)
+
+
+def encode_streams(backend, feats, lengths, chunk_size: int, num_left_chunks: int):
+    """Each utterance of feats (B, T, feature_dim), lengths (B,) as one stream through
+    `EncoderStream` -> (enc (B, T', d) zero-padded, enc_lengths (B,))."""
     outputs = []
-    for utterance, length in zip(feats, lengths.tolist(), strict=True):
-        stream = EncoderStream(backend.info, cfg.chunk_size, cfg.num_left_chunks)
+    for utterance, length in zip(feats, np.asarray(lengths).tolist(), strict=True):
+        stream = EncoderStream(backend.info, chunk_size, num_left_chunks)
         stream.accept_feats(utterance[:length])
         stream.input_finished()
         outputs.append(stream.encode_all(backend))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from u2moe.config import parse_section
 from u2moe.data.audio import (
     INT16_SCALE,
     MIN_SAMPLE_RATE,
@@ -25,7 +26,7 @@ from u2moe.data.audio import (
 )
 from u2moe.data.config import DataConfig
 from u2moe.data.features import compute_fbank
-from u2moe.data.tokenizer import Tokenizer
+from u2moe.data.tokenizer import Tokenizer, load_tokenizer
 from u2moe.decode.batch import decode_batch
 from u2moe.decode.config import MODES, DecodeConfig
 from u2moe.decode.recognizer import Recognizer
@@ -168,3 +169,25 @@ class Transcriber:
             timestamps,
             lexicon,
         )
+
+
+def configured_transcriber(
+    backend, model_dir: Path, config: dict, decode_options: dict
+) -> Transcriber:
+    """A Transcriber over `backend` with the `data` and `decode` sections of a model (or
+    export) directory's config.yaml, fields of `decode` overridden by decode_options."""
+    where = f"{model_dir / 'config.yaml'}"
+    data_cfg = parse_section(DataConfig, config.get("data"), f"{where}: data")
+    parse_section(DecodeConfig, decode_options, "decode options")  # blame bad options first
+    decode_section = {**(config.get("decode") or {}), **decode_options}
+    decode_cfg = parse_section(DecodeConfig, decode_section, f"{where}: decode")
+    if not backend.info.has_right_decoder and decode_cfg.reverse_weight > 0:
+        # without an R2L decoder, rescoring uses the L2R one alone unless told otherwise
+        if "reverse_weight" in decode_section:
+            raise UserError(
+                f"{model_dir}: reverse_weight {decode_cfg.reverse_weight} needs a "
+                "right-to-left decoder, which this model does not have"
+            )
+        decode_cfg = dataclasses.replace(decode_cfg, reverse_weight=0.0)
+    tokenizer = load_tokenizer(model_dir, data_cfg.tokenizer)
+    return Transcriber(backend, tokenizer, data_cfg, decode_cfg)

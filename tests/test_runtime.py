@@ -1,0 +1,130 @@
+"""u2moe.runtime (onnxruntime, no torch) gives the PyTorch recognizer's results."""
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import soundfile as sf
+from test_export import UNITS, tiny_model
+from test_recognizer import synthetic_speech
+
+import u2moe
+from u2moe.cli import main as cli
+from u2moe.export import export_model
+from u2moe.model.io import save_model_dir
+
+MODES = ["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"]
+NO_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"torch is blocked in this test ({name})")
+
+    sys.meta_path.insert(0, NoTorch())
+    """
+)
+RUNTIME = NO_TORCH + textwrap.dedent(
+    """
+    from u2moe.runtime import load_model
+
+    out_dir, wav, chunk_size, left_chunks = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+    model = load_model(out_dir, chunk_size=chunk_size, num_left_chunks=left_chunks, beam_size=4)
+    results = {}
+    for mode in MODES:
+        result = model.transcribe(wav, timestamps=True, mode=mode)
+        results[mode] = [result.tokens, [[w.start, w.end, w.text] for w in result.words]]
+    recognizer = model.recognizer()
+    partials = recognizer.accept_waveform(open(wav, "rb").read()[44:])  # 16-bit PCM
+    final = recognizer.finish()
+    results["stream"] = [[p.tokens for p in partials], final.tokens]
+    assert "torch" not in sys.modules
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """A MoE model, a streaming export (chunk 4, 4 left chunks, int8) and a full-context one."""
+    root = tmp_path_factory.mktemp("runtime")
+    save_model_dir(root / "model", tiny_model("moe"), {}, UNITS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        export_model(root / "model", root / "chunk4", 4, 4, int8=True)
+        export_model(root / "model", root / "full", -1)
+    sf.write(root / "a.wav", synthetic_speech(3.1), 16000, subtype="PCM_16")
+    return root
+
+
+def torch_results(root, chunk_size, left_chunks):
+    model = u2moe.load_model(
+        root / "model", chunk_size=chunk_size, num_left_chunks=left_chunks, beam_size=4
+    )
+    results = {}
+    for mode in MODES:
+        result = model.transcribe(root / "a.wav", timestamps=True, mode=mode)
+        results[mode] = [result.tokens, [[w.start, w.end, w.text] for w in result.words]]
+    recognizer = model.recognizer()
+    partials = recognizer.accept_waveform(sf.read(root / "a.wav", dtype="int16")[0])
+    final = recognizer.finish()
+    results["stream"] = [[p.tokens for p in partials], final.tokens]
+    return results
+
+
+@pytest.mark.parametrize("export, chunk_size, left_chunks", [("chunk4", 4, 4), ("full", -1, -1)])
+def test_runtime_without_torch_equals_pytorch(exports, export, chunk_size, left_chunks):
+    script = f"MODES = {MODES!r}\n" + RUNTIME
+    args = [str(exports / export), str(exports / "a.wav"), str(chunk_size), str(left_chunks)]
+    run = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    want = torch_results(exports, chunk_size, left_chunks)
+    assert got["ctc_greedy_search"][0]  # not an empty comparison
+    for key in [*MODES, "stream"]:
+        assert got[key][0] == want[key][0], key
+    for mode in MODES:  # word times
+        for (s1, e1, w1), (s2, e2, w2) in zip(got[mode][1], want[mode][1], strict=True):
+            assert w1 == w2 and s1 == pytest.approx(s2) and e1 == pytest.approx(e2)
+    assert got["stream"][1] == want["stream"][1]
+    if chunk_size > 0:
+        assert len(got["stream"][0]) > 3  # partial results per chunk
+
+
+def test_transcribe_onnx_command_runs_without_torch(exports):
+    script = NO_TORCH + "from u2moe.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    args = ["transcribe", "--onnx", str(exports / "chunk4"), "--int8", str(exports / "a.wav")]
+    run = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    path, text = run.stdout.strip().split("\t")
+    assert path == str(exports / "a.wav") and text
+
+
+def test_runtime_errors_are_one_line(exports, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(exports / "chunk4", broken)
+    data = (broken / "encoder.onnx").read_bytes()
+    (broken / "encoder.onnx").write_bytes(data[: len(data) // 2])  # truncated
+    cases = [
+        (["--onnx", str(broken)], "encoder.onnx: not a usable ONNX model"),
+        (["--onnx", str(exports / "model")], "not an `u2moe export`"),
+        (["--onnx", str(exports / "full"), "--int8"], "exported without --int8"),
+    ]
+    for args, message in cases:
+        assert cli(["transcribe", *args, str(exports / "a.wav")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "noise.wav").write_bytes(b"RIFF not really a wav file")
+    assert cli(["transcribe", "--onnx", str(exports / "full"), str(tmp_path / "noise.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "noise.wav" in err and len(err.strip().splitlines()) == 1, err
