@@ -48,18 +48,22 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
-            assert time.monotonic() < deadline, "chromium did not start"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            page = next(t for t in json.load(r) if t["type"] == "page")
-        self.connection = contextlib.ExitStack()
-        self.devtools = self.connection.enter_context(
-            connect(page["webSocketDebuggerUrl"], max_size=None)
-        )
+        try:  # chromium must not outlive a failed start
+            port_file = profile / "DevToolsActivePort"
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
+                assert time.monotonic() < deadline, "chromium did not start"
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                page = next(t for t in json.load(r) if t["type"] == "page")
+            self.connection = contextlib.ExitStack()
+            self.devtools = self.connection.enter_context(
+                connect(page["webSocketDebuggerUrl"], max_size=None)
+            )
+        except BaseException:
+            self.process.kill()
+            raise
         self.next_id = 0
 
     def call(self, method: str, **params) -> dict:
@@ -100,13 +104,15 @@ def setup(tmp_path_factory):
     wav = write_wav(root / "speech.wav", samples)
     server = RunningServer(model_dir)
     browser = Browser(server.http_url + "/", root / "profile", wav)
-    browser.wait_for(
-        "document.readyState === 'complete' && document.getElementById('file') !== null"
-    )
-    streaming, _ = transcribers(model_dir)
-    yield browser, server, wav, streaming.transcribe(wav).text
-    browser.close()
-    server.stop()
+    try:
+        browser.wait_for(
+            "document.readyState === 'complete' && document.getElementById('file') !== null"
+        )
+        streaming, _ = transcribers(model_dir)
+        yield browser, server, wav, streaming.transcribe(wav).text
+    finally:
+        browser.close()
+        server.stop()
 
 
 def test_a_file_streamed_from_the_page_shows_the_transcribe_result(setup):

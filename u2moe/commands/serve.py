@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.onnx is None):
         raise UserError("give a model: --model DIR or --onnx EXPORT_DIR")
     for name in ("max_streams", "max_batch", "max_message_kb", "chunk_size"):
-        if (getattr(args, name) or 1) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     options = {"chunk_size": args.chunk_size, "num_left_chunks": args.left_chunks}
     if args.onnx is None:  # a PyTorch model streams with chunk 16 and 4 left chunks by default
