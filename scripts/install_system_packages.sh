@@ -7,7 +7,8 @@
 # machine's apt sources already use (same mirrors and suites; no host is named here).
 set -euo pipefail
 
-base=(sox libsndfile1 irstlm)  # irstlm: word n-gram LMs for `u2moe lm`
+# irstlm: word n-gram LMs for `u2moe lm`; chromium: the web page's test (test_serve_browser.py)
+base=(sox libsndfile1 irstlm chromium chromium-driver)
 # Engines and voices of the corpus recipe (u2moe/corpus/voices.py), and its text sources.
 corpus_main=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k

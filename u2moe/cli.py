@@ -26,6 +26,8 @@ COMMANDS = {
     "experts": ("u2moe.commands.experts", "what the experts of a MoE model do on a manifest"),
     "transcribe": ("u2moe.commands.transcribe", "transcribe audio files"),
     "export": ("u2moe.commands.export", "ONNX / sherpa-onnx / WeNet export of a model"),
+    "serve": ("u2moe.commands.serve", "a streaming server (WeNet's websocket protocol), web page"),
+    "client": ("u2moe.commands.client", "stream an audio file to a streaming server"),
     "demo": ("u2moe.commands.demo", "the main job: corpus, train MoE and dense, decode, report"),
 }
 

@@ -1,0 +1,87 @@
+"""WeNet's websocket protocol (runtime/core/websocket in WeNet), as JSON text messages.
+
+client -> server: `{"signal": "start", "nbest": N, "continuous_decoding": bool}`, then binary
+frames of 16-bit little-endian PCM at 16 kHz, then `{"signal": "end"}`.
+server -> client: `{"status": "ok", "type": "server_ready"}`; `partial_result` and
+`final_result`, whose `nbest` is a JSON *string* of `[{"sentence": ...}]` (finals add
+`word_pieces`: `[{"word", "start", "end"}]` in milliseconds from the start of the stream);
+`{"status": "ok", "type": "speech_end"}`; errors `{"status": "failed", "message": ...}`,
+after which the server closes the connection.
+"""
+
+import json
+from dataclasses import dataclass
+
+
+class ProtocolError(Exception):
+    """A message the protocol does not allow; its text is the `failed` message."""
+
+
+@dataclass
+class Start:
+    nbest: int = 1
+    continuous_decoding: bool = False
+
+
+@dataclass
+class End:
+    pass
+
+
+def parse_text(message: str) -> Start | End:
+    """A client's text message -> Start or End; ProtocolError with WeNet's wording otherwise."""
+    try:
+        value = json.loads(message)
+    except ValueError:
+        raise ProtocolError("Wrong protocol: the message is not JSON") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("Wrong protocol: a JSON object is expected")
+    if "signal" not in value:
+        raise ProtocolError("Wrong message header: no signal")
+    signal = value["signal"]
+    if signal == "end":
+        return End()
+    if signal != "start":
+        raise ProtocolError("Unexpected signal type")
+    start = Start()
+    if "nbest" in value:
+        nbest = value["nbest"]
+        if type(nbest) is not int or nbest < 1:
+            raise ProtocolError("integer is expected for nbest option")
+        start.nbest = nbest
+    if "continuous_decoding" in value:
+        if not isinstance(value["continuous_decoding"], bool):
+            raise ProtocolError("boolean true or false is expected for continuous_decoding option")
+        start.continuous_decoding = value["continuous_decoding"]
+    return start
+
+
+def _message(**fields) -> str:
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def server_ready() -> str:
+    return _message(status="ok", type="server_ready")
+
+
+def speech_end() -> str:
+    return _message(status="ok", type="speech_end")
+
+
+def failed(message: str) -> str:
+    return _message(status="failed", message=message)
+
+
+def result(result, nbest: int) -> str:
+    """A partial_result or final_result message of a decode.recognizer.RecognitionResult.
+
+    The recognizer keeps one hypothesis, so the n-best list holds one path whatever `nbest`
+    (WeNet sends at most `nbest`)."""
+    path = {"sentence": result.text}
+    if result.final:
+        path["word_pieces"] = [
+            {"word": w.text, "start": round(w.start * 1000), "end": round(w.end * 1000)}
+            for w in result.words or []
+        ]
+    kind = "final_result" if result.final else "partial_result"
+    return _message(status="ok", type=kind, nbest=json.dumps([path][:nbest], ensure_ascii=False))
