@@ -342,11 +342,6 @@ def test_tls_serves_the_page_and_streams_over_wss(model_dir, alone, tmp_path):
         running.stop()
 
 
-@pytest.mark.xfail(
-    reason="decode/timestamps.py ctc_spikes: `state -= back[t, state]` makes state an int8 "
-    "NumPy scalar, which overflows past 127 states (64 tokens in an utterance)",
-    strict=False,
-)
 def test_a_long_utterance_gets_its_final_with_word_times(server):
     messages = stream(server.url, speech(12.0, seed=8))  # 126 tokens
     assert [m.get("type") for m in messages][-2:] == ["final_result", "speech_end"]
@@ -374,3 +369,12 @@ def test_onnx_export_served_like_the_runtime_transcribes(model_dir, tmp_path):
         assert server.wait(30) == 0
     finally:
         server.kill()
+
+
+def test_a_final_carries_the_rescored_nbest_the_start_asked_for(server):
+    messages = stream(server.url, speech(1.3, seed=3), start={"nbest": 3})
+    (final,) = [json.loads(m["nbest"]) for m in messages if m.get("type") == "final_result"]
+    assert 1 < len(final) <= 3 and "word_pieces" in final[0]
+    assert len({path["sentence"] for path in final}) == len(final)  # distinct hypotheses
+    single = stream(server.url, speech(1.3, seed=3))
+    assert finals(single)[0] == final[0]

@@ -8,6 +8,7 @@ expert's weights once for all of them. Every stream gets exactly what it would g
 """
 
 import asyncio
+import dataclasses
 import queue
 import threading
 from dataclasses import dataclass
@@ -60,8 +61,12 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="u2moe-engine", daemon=True)
         self._thread.start()
 
-    def open_stream(self) -> Recognizer:
-        return self.transcriber.recognizer(timestamps=True)
+    def open_stream(self, nbest: int = 1) -> Recognizer:
+        """A recognizer whose finals carry an n-best of `nbest` (at most the beam) paths."""
+        recognizer = self.transcriber.recognizer(timestamps=True)
+        cfg = recognizer.cfg
+        recognizer.cfg = dataclasses.replace(cfg, nbest=max(1, min(nbest, cfg.beam_size)))
+        return recognizer
 
     async def accept(self, stream: Recognizer, pcm: bytes) -> list:
         """16-bit PCM bytes for `stream` -> its partial and final RecognitionResults."""

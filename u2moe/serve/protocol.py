@@ -75,13 +75,15 @@ def failed(message: str) -> str:
 def result(result, nbest: int) -> str:
     """A partial_result or final_result message of a decode.recognizer.RecognitionResult.
 
-    The recognizer keeps one hypothesis, so the n-best list holds one path whatever `nbest`
-    (WeNet sends at most `nbest`)."""
+    A partial holds the best path; a final its rescored n-best (`result.nbest`, at most
+    `nbest` paths, as WeNet sends), the best path with its words' times in ms."""
     path = {"sentence": result.text}
+    paths = [path]
     if result.final:
         path["word_pieces"] = [
             {"word": w.text, "start": round(w.start * 1000), "end": round(w.end * 1000)}
             for w in result.words or []
         ]
+        paths += [{"sentence": text} for text, _ in (result.nbest or [])[1:]]
     kind = "final_result" if result.final else "partial_result"
-    return _message(status="ok", type=kind, nbest=json.dumps([path][:nbest], ensure_ascii=False))
+    return _message(status="ok", type=kind, nbest=json.dumps(paths[:nbest], ensure_ascii=False))

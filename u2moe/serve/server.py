@@ -72,7 +72,7 @@ class Session:
             if self.start is not None:
                 raise SessionError("Unexpected start signal: the stream has started")
             self.start = request
-            self.stream = self.engine.open_stream()
+            self.stream = self.engine.open_stream(self.start.nbest)
             await self.connection.send(protocol.server_ready())
         elif self.start is None:
             raise SessionError("Start signal is expected before end signal")
