@@ -378,3 +378,18 @@ def test_a_final_carries_the_rescored_nbest_the_start_asked_for(server):
     assert len({path["sentence"] for path in final}) == len(final)  # distinct hypotheses
     single = stream(server.url, speech(1.3, seed=3))
     assert finals(single)[0] == final[0]
+
+
+def test_hotwords_in_the_start_message(server):
+    plain = stream(server.url, speech(1.3, seed=3), start={"nbest": 2})
+    best = finals(plain)[0]["sentence"]
+    phrase = best.split()[0] if best.split() else ""
+    hot = stream(server.url, speech(1.3, seed=3), start={"context": [phrase], "nbest": 2})
+    assert finals(hot)[0]["sentence"]  # the stream decodes with its own context graph
+    for bad, message in [
+        ({"context": "abc"}, "a list of strings is expected for context option"),
+        ({"context": ["abc"], "context_score": "x"}, "a number is expected"),
+        ({"context": ["\u00e9\u00e9\u00e9"]}, "has units the model does not know"),
+    ]:
+        messages = stream(server.url, speech(0.5, seed=1), start=bad)
+        assert messages[0]["status"] == "failed" and message in messages[0]["message"], messages

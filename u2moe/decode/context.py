@@ -89,17 +89,25 @@ class ContextGraph:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such context file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return cls.from_phrases(lines, tokenizer, score, where=str(path))
+
+    @classmethod
+    def from_phrases(
+        cls, lines: list[str], tokenizer, score: float, where: str = "context"
+    ) -> "ContextGraph":
+        """Phrases given as lines (each optionally ending in `:SCORE`; blank ones skipped)."""
         phrases = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            text, phrase_score = _parse_line(line, score, f"{path}:{number}")
+        for number, line in enumerate(lines, 1):
+            text, phrase_score = _parse_line(line, score, f"{where}:{number}")
             if not text:
                 continue
             tokens = tokenizer.encode(text)
             if not tokens or tokenizer.unk_id in tokens:
-                raise UserError(f"{path}:{number}: {text!r} has units the model does not know")
+                raise UserError(f"{where}:{number}: {text!r} has units the model does not know")
             phrases.append((tokens, phrase_score))
         if not phrases:
-            raise UserError(f"{path}: no phrases")
+            raise UserError(f"{where}: no phrases")
         return cls(phrases)
 
 

@@ -211,11 +211,12 @@ class Transcriber:
         """(text, score) of the first decode.nbest hypotheses of an n-best."""
         return [(self.tokenizer.decode(h.tokens), h.score) for h in nbest[: self.decode_cfg.nbest]]
 
-    def recognizer(self, timestamps: bool = False) -> Recognizer:
+    def recognizer(self, timestamps: bool = False, context=None) -> Recognizer:
         """A streaming Recognizer with this model's settings (chunk_size -1: decode at the
         end of input only; give `load_model(..., chunk_size=16)` for partial results). It
         searches the lexicon when the first mode is ctc_lexicon_beam_search, otherwise it
-        rescores the CTC prefix beam search with both decoders."""
+        rescores the CTC prefix beam search with both decoders. context: a ContextGraph of
+        hotwords for this stream instead of the configured one."""
         lexicon = self.lexicon if self.decode_cfg.modes[0] == "ctc_lexicon_beam_search" else None
         return Recognizer(
             self.backend,
@@ -224,7 +225,7 @@ class Transcriber:
             self.data_cfg.features,
             timestamps,
             lexicon,
-            self.context,
+            context or self.context,
         )
 
 

@@ -61,9 +61,10 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="u2moe-engine", daemon=True)
         self._thread.start()
 
-    def open_stream(self, nbest: int = 1) -> Recognizer:
-        """A recognizer whose finals carry an n-best of `nbest` (at most the beam) paths."""
-        recognizer = self.transcriber.recognizer(timestamps=True)
+    def open_stream(self, nbest: int = 1, context=None) -> Recognizer:
+        """A recognizer whose finals carry an n-best of `nbest` (at most the beam) paths;
+        context: a ContextGraph of hotwords for this stream."""
+        recognizer = self.transcriber.recognizer(timestamps=True, context=context)
         cfg = recognizer.cfg
         recognizer.cfg = dataclasses.replace(cfg, nbest=max(1, min(nbest, cfg.beam_size)))
         return recognizer

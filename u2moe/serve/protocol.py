@@ -1,6 +1,7 @@
 """WeNet's websocket protocol (runtime/core/websocket in WeNet), as JSON text messages.
 
-client -> server: `{"signal": "start", "nbest": N, "continuous_decoding": bool}`, then binary
+client -> server: `{"signal": "start", "nbest": N, "continuous_decoding": bool}` (u2moe also
+reads `"context": [phrases]` and `"context_score": S`, hotwords for the stream), then binary
 frames of 16-bit little-endian PCM at 16 kHz, then `{"signal": "end"}`.
 server -> client: `{"status": "ok", "type": "server_ready"}`; `partial_result` and
 `final_result`, whose `nbest` is a JSON *string* of `[{"sentence": ...}]` (finals add
@@ -21,6 +22,9 @@ class ProtocolError(Exception):
 class Start:
     nbest: int = 1
     continuous_decoding: bool = False
+    # u2moe's extension: hotwords for this stream (lines as in a --context file)
+    context: list[str] | None = None
+    context_score: float = 2.0
 
 
 @dataclass
@@ -53,6 +57,16 @@ def parse_text(message: str) -> Start | End:
         if not isinstance(value["continuous_decoding"], bool):
             raise ProtocolError("boolean true or false is expected for continuous_decoding option")
         start.continuous_decoding = value["continuous_decoding"]
+    if "context" in value:
+        phrases = value["context"]
+        if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+            raise ProtocolError("a list of strings is expected for context option")
+        start.context = phrases
+    if "context_score" in value:
+        score = value["context_score"]
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise ProtocolError("a number is expected for context_score option")
+        start.context_score = float(score)
     return start
 
 

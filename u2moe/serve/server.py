@@ -21,6 +21,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from u2moe.decode.context import ContextGraph
 from u2moe.errors import UserError
 from u2moe.serve import protocol, routes
 from u2moe.serve.engine import Engine
@@ -72,7 +73,15 @@ class Session:
             if self.start is not None:
                 raise SessionError("Unexpected start signal: the stream has started")
             self.start = request
-            self.stream = self.engine.open_stream(self.start.nbest)
+            context = None
+            if request.context is not None:
+                try:
+                    context = ContextGraph.from_phrases(
+                        request.context, self.engine.transcriber.tokenizer, request.context_score
+                    )
+                except UserError as e:
+                    raise SessionError(str(e)) from None
+            self.stream = self.engine.open_stream(self.start.nbest, context)
             await self.connection.send(protocol.server_ready())
         elif self.start is None:
             raise SessionError("Start signal is expected before end signal")
