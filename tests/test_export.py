@@ -272,3 +272,19 @@ def test_wenet_format_round_trips_through_import_wenet(tmp_path, ffn, capsys):
     mean, istd = load_wenet_cmvn(exp / "global_cmvn")
     torch.testing.assert_close(mean, model.encoder.global_cmvn.mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(istd, model.encoder.global_cmvn.istd, rtol=1e-5, atol=1e-6)
+
+
+def test_int8_of_a_model_kept_in_external_data(tmp_path, full_export, monkeypatch):
+    """Models over protobuf's 2 GB (MoE-1B) are saved with external data; the int8 copy
+    must be too (shown with the threshold lowered to a few bytes)."""
+    import u2moe.export.onnx as onnx_export
+
+    model, _ = full_export
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 16)
+    onnx_export.export_ctc(model, tmp_path / "ctc.onnx")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ctc.onnx.")]
+    onnx_export.quantize(tmp_path / "ctc.onnx")
+    hidden = np.random.default_rng(0).standard_normal((1, 30, 32)).astype(np.float32)
+    fp32 = session(tmp_path / "ctc.onnx").run(None, {"hidden": hidden})[0]
+    int8 = session(tmp_path / "ctc.int8.onnx").run(None, {"hidden": hidden})[0]
+    assert (int8.argmax(-1) == fp32.argmax(-1)).mean() > 0.9

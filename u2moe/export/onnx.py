@@ -210,6 +210,11 @@ def quantize(path: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target = path.with_suffix(".int8.onnx")
+    # a model over protobuf's 2 GB limit (fp32 weights kept fp32 beside int8 ones, the MoE
+    # operator's experts) is saved with its weights in an external-data file, as exported
+    external = path.stat().st_size > EXTERNAL_DATA_BYTES or any(
+        p.is_file() and p.name.startswith(f"{path.name}.") for p in path.parent.iterdir()
+    )
     logging.disable(logging.WARNING)  # its advice to pre-process, once per file
     try:
         quantize_dynamic(
@@ -218,6 +223,7 @@ def quantize(path: Path) -> Path:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
+            use_external_data_format=external,
         )
     finally:
         logging.disable(logging.NOTSET)
