@@ -23,10 +23,11 @@ def print_sources(tmp_path: Path, archives: str) -> subprocess.CompletedProcess:
 
 
 def test_contrib_non_free_follow_the_existing_sources(tmp_path):
-    archives = "http://mirror.lan/debian/ trixie\nhttp://mirror.lan/debian/ trixie-updates\n"
+    mirror = f"{(tmp_path / 'debian').as_uri()}/"  # a local mirror, made up for the test
+    archives = f"{mirror} trixie\n{mirror} trixie-updates\n"
     result = print_sources(tmp_path, archives)
     assert result.returncode == 0, result.stderr
-    assert "URIs: http://mirror.lan/debian/\nSuites: trixie trixie-updates\n" in result.stdout
+    assert f"URIs: {mirror}\nSuites: trixie trixie-updates\n" in result.stdout
     assert "Components: contrib non-free" in result.stdout
     assert "debian.org" not in SCRIPT.read_text()
 
