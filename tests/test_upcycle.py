@@ -13,11 +13,13 @@ from u2moe.model.upcycle import upcycle
 UNITS = ["<blank>", "<unk>", *"abcdefg", "<sos/eos>"]
 
 
-def dense_model(decoder_ffn: str = "dense") -> U2Model:
+def dense_model(decoder_ffn: str = "dense", dropout: float = 0.1) -> U2Model:
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=len(UNITS),
-        encoder=EncoderConfig(d_model=32, n_heads=2, d_ff=48, n_layers=2, kernel_size=5),
+        encoder=EncoderConfig(
+            d_model=32, n_heads=2, d_ff=48, n_layers=2, kernel_size=5, dropout=dropout
+        ),
         decoder=DecoderConfig(
             n_heads=2, d_ff=48, n_layers=1, n_r2l_layers=1, ffn=FFNConfig(type=decoder_ffn)
         ),
@@ -56,6 +58,35 @@ def test_noise_makes_experts_differ_and_outputs_move():
     assert not torch.equal(layer.w_1[0], layer.w_1[1])
     feats = torch.randn(1, 67, 80)
     assert not torch.allclose(outputs(dense, feats)[0], outputs(moe, feats)[0], atol=1e-4)
+
+
+def expert_gap_after_training(router_init: str) -> tuple[float, float]:
+    """Train an upcycled model (no noise, no dropout, as in configs/small.yaml) for a few
+    steps -> (largest gap between the experts the first encoder MoE layer used, largest
+    |router weight|)."""
+    dense = dense_model(dropout=0.0)
+    moe = upcycle(dense, n_experts=4, top_k=2, router_init=router_init).train()
+    optimizer = torch.optim.Adam(moe.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    feats, lengths = torch.randn(2, 67, 80), torch.tensor([67, 50])
+    for _ in range(3):
+        enc, _ = moe.encoder(feats, lengths)
+        optimizer.zero_grad()
+        enc.square().mean().backward()
+        optimizer.step()
+    layer = next(m for m in moe.modules() if isinstance(m, MoEFeedForward))
+    used = layer.router.record.experts.unique()
+    gap = (layer.w_1[used] - layer.w_1[used[0]]).abs().max().item()
+    return gap, layer.router.weight.abs().max().item()
+
+
+def test_zero_router_without_noise_is_a_fixed_point_the_default_avoids():
+    """Identical experts behind a zero router: every frame picks the same two experts at
+    weight 1/2, both get the same gradient and the router none, so training never makes a
+    MoE of it. The default normal router sends frames to different experts, which diverge."""
+    assert expert_gap_after_training("zeros") == (0.0, 0.0)
+    gap, _ = expert_gap_after_training("normal")
+    assert gap > 1e-4
 
 
 def test_only_the_dense_side_is_upcycled():

@@ -1,7 +1,7 @@
 """`u2moe upcycle`: turn a dense model directory into a MoE one (UME's upcycling).
 
     u2moe upcycle --model exp/dense --out exp/upcycled [--experts 8] [--top-k 2] \
-        [--router-init zeros|normal] [--noise 0.01]
+        [--router-init normal|zeros] [--noise 0.01]
 
 Every dense FFN of encoder and decoders becomes a MoE layer whose experts are copies of it
 (u2moe/model/upcycle.py). Without noise the new model transcribes exactly as the dense one;
@@ -10,9 +10,12 @@ one made by `u2moe import-wenet` included.
 """
 
 import argparse
+import logging
 from pathlib import Path
 
 from u2moe.commands.arguments import positive_int
+
+log = logging.getLogger("u2moe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="MoE model directory to write")
     parser.add_argument("--experts", type=positive_int, default=8, help="experts per layer")
     parser.add_argument("--top-k", type=positive_int, default=2, help="experts per frame")
-    parser.add_argument("--router-init", choices=["zeros", "normal"], default="zeros")
+    parser.add_argument(
+        "--router-init",
+        choices=["zeros", "normal"],
+        default="normal",
+        help="normal: small random logits (default); zeros, without --noise, never trains "
+        "into a MoE (identical experts, no router gradient)",
+    )
     parser.add_argument(
         "--noise", type=float, default=0.0, help="std of the noise on expert copies, relative"
     )
@@ -37,6 +46,11 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is the dense model directory itself")
     if (args.out / "model.pt").exists():
         raise UserError(f"{args.out} already holds a model; choose another --out")
+    if args.router_init == "zeros" and args.noise == 0:
+        log.warning(
+            "--router-init zeros without --noise: without dropout the experts stay identical "
+            "copies under training (a fixed point); use --router-init normal or --noise > 0"
+        )
     dense, config, units = load_model_dir(args.model)
     model = upcycle(dense, args.experts, args.top_k, args.router_init, args.noise, args.seed)
     bpe = args.model / BPE

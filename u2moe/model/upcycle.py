@@ -7,6 +7,11 @@ over identical experts the MoE layer computes exactly what the dense FFN did, wh
 router says: without noise the upcycled model's outputs equal the dense model's. `noise`
 adds Gaussian noise (std `noise` times each weight tensor's own std) to every copy but the
 first, so that the experts can diverge once training starts.
+
+The router starts normal (small random logits) by default: frames then reach different
+experts, whose gradients differ, so the copies diverge. A zero router without noise is a
+fixed point of training without dropout: every frame picks the same two experts at weight
+1/2, both get the same gradient and the router none, and the model stays dense forever.
 """
 
 import dataclasses
@@ -39,7 +44,7 @@ def upcycle(
     dense: U2Model,
     n_experts: int = 8,
     top_k: int = 2,
-    router_init: RouterInit = "zeros",
+    router_init: RouterInit = "normal",
     noise: float = 0.0,
     seed: int = 0,
 ) -> U2Model:
