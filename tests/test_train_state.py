@@ -125,6 +125,12 @@ def test_a_lost_index_is_rebuilt_from_the_files_not_overwritten(tmp_path):
     assert (ckpt_dir / "step-4.pt").read_bytes() == before["step-4.pt"]
 
 
+def test_a_first_checkpoint_does_not_warn_of_a_lost_index(tmp_path, caplog):
+    save_checkpoint(tmp_path / "checkpoints", _checkpoint(2, 1.0), 1.0, keep_best=3)
+    assert "rebuilding" not in caplog.text
+    assert [r["step"] for r in read_index(tmp_path / "checkpoints")] == [2]
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "step-2.pt"
     save_torch_atomic(_checkpoint(2, 1.0), path)

@@ -140,8 +140,9 @@ def save_checkpoint(
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']}.pt"
-    save_torch_atomic(state, ckpt_dir / name)
+    # read before the new file exists: a first save has no index yet and nothing to rebuild
     records = [r for r in read_index(ckpt_dir) if r["file"] != name]
+    save_torch_atomic(state, ckpt_dir / name)
     records.append({"step": state["step"], "file": name, "dev_loss": dev_loss})
     keep = {r["file"] for r in best_records(records, keep_best)} | {name}
     write_index(ckpt_dir, [r for r in records if r["file"] in keep])
