@@ -16,6 +16,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+VOCAB = 258  # the demo's units (configs/small.yaml leaves vocab_size to the data)
 
 SETTINGS = {
     "glibc default": {},
@@ -37,7 +40,7 @@ def child(config: str, steps: int) -> None:
 
     torch.set_num_threads(1)
     config_dict = load_yaml(config)
-    section = dict(config_dict["model"], vocab_size=258)
+    section = dict(config_dict["model"], vocab_size=VOCAB)
     model = U2Model(parse_section(ModelConfig, section, "model"))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     max_frames = config_dict["data"]["batch"]["max_frames_in_batch"]
@@ -51,13 +54,13 @@ def child(config: str, steps: int) -> None:
         out = model(
             torch.randn(batch, frames, 80),
             torch.full((batch,), frames),
-            torch.randint(2, 257, (batch, tokens)),
+            torch.randint(2, VOCAB - 1, (batch, tokens)),
             torch.full((batch,), tokens),
         )
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
-    status = open("/proc/self/status").read()
+    status = Path("/proc/self/status").read_text()
     rss_mb = int(status.split("VmRSS:")[1].split()[0]) / 1024
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rss_mb": rss_mb, "peak_mb": peak_mb, "cpu_s": time.process_time() - start}))

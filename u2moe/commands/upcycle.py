@@ -10,12 +10,9 @@ one made by `u2moe import-wenet` included.
 """
 
 import argparse
-import logging
 from pathlib import Path
 
 from u2moe.commands.arguments import positive_int
-
-log = logging.getLogger("u2moe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,11 +43,6 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is the dense model directory itself")
     if (args.out / "model.pt").exists():
         raise UserError(f"{args.out} already holds a model; choose another --out")
-    if args.router_init == "zeros" and args.noise == 0:
-        log.warning(
-            "--router-init zeros without --noise: without dropout the experts stay identical "
-            "copies under training (a fixed point); use --router-init normal or --noise > 0"
-        )
     dense, config, units = load_model_dir(args.model)
     model = upcycle(dense, args.experts, args.top_k, args.router_init, args.noise, args.seed)
     bpe = args.model / BPE

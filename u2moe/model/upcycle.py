@@ -15,6 +15,7 @@ fixed point of training without dropout: every frame picks the same two experts 
 """
 
 import dataclasses
+import logging
 from typing import Literal
 
 import torch
@@ -23,6 +24,8 @@ from u2moe.errors import UserError
 from u2moe.model.config import FFNConfig, ModelConfig
 from u2moe.model.moe import FeedForward
 from u2moe.model.u2 import U2Model
+
+log = logging.getLogger("u2moe")
 
 RouterInit = Literal["zeros", "normal"]
 ROUTER_STD = 0.02  # "normal" router init: small logits, so the first steps route near-uniformly
@@ -51,6 +54,11 @@ def upcycle(
     """-> a new U2Model (eval mode) whose MoE layers start from `dense`'s FFNs."""
     if noise < 0:
         raise UserError(f"--noise must be >= 0, got {noise}")
+    if router_init == "zeros" and noise == 0:
+        log.warning(
+            "--router-init zeros without --noise: without dropout the experts stay identical "
+            "copies under training (a fixed point); use --router-init normal or --noise > 0"
+        )
     model = U2Model(upcycled_config(dense.cfg, n_experts, top_k))
     generator = torch.Generator().manual_seed(seed)
     state = dense.state_dict()
