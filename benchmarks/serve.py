@@ -2,10 +2,12 @@
 
     python benchmarks/serve.py                                   # demo-sized MoE and dense
     python benchmarks/serve.py --models MoE-1B Dense-225M --clients 1 2 4 8 16 32 64
+    python benchmarks/serve.py --models demo-MoE --onnx          # `u2moe serve --onnx`
 
 For each model (random weights from configs/; a random model's text is meaningless, its
 compute is not) and each --max-batch (batched, and 1: every stream's chunk alone), a
-`u2moe serve` subprocess (chunk 16, 4 left chunks, endpoints off) takes N clients for N in
+`u2moe serve` subprocess (chunk 16, 4 left chunks, endpoints off; with --onnx, serving
+`u2moe export`'s directory of the model, onnxruntime) takes N clients for N in
 --clients, in order, until an N is not real time (with --keep-going, every N). Each client
 streams --seconds of audio in 100 ms messages, started within one message of each other:
 - real-time pass (messages at the audio's pace): first partial = from a stream's first
@@ -22,6 +24,8 @@ Bounded: --clients caps N, --budget caps the seconds spent per model and setting
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -37,6 +41,7 @@ import torch
 from websockets.asyncio.client import connect
 
 from u2moe.config import load_yaml, parse_section
+from u2moe.export import export_model
 from u2moe.model.config import ModelConfig
 from u2moe.model.io import save_model_dir
 from u2moe.model.params import count_config
@@ -85,8 +90,9 @@ def test_audio(seconds: float) -> bytes:
 
 
 class ServerProcess:
-    def __init__(self, directory: Path, max_batch: int, threads: int):
-        command = [sys.executable, "-m", "u2moe", "serve", "--model", str(directory)]
+    def __init__(self, source: list[str], max_batch: int, threads: int):
+        """source: `--model DIR` or `--onnx EXPORT_DIR`."""
+        command = [sys.executable, "-m", "u2moe", "serve", *source]
         command += ["--port", "0", "--max-batch", str(max_batch), "--max-streams", "4096"]
         command += ["--chunk-size", "16", "--left-chunks", "4", "--idle-timeout", "3600"]
         env = os.environ | {"OMP_NUM_THREADS": str(threads)}
@@ -96,7 +102,7 @@ class ServerProcess:
                 self.url = line.split("serving on ")[1].strip()
                 break
         else:
-            raise SystemExit(f"u2moe serve did not start for {directory}")
+            raise SystemExit(f"u2moe serve did not start for {' '.join(source)}")
         # keep reading its log, or a full pipe would stall the server
         threading.Thread(target=self.process.stderr.read, daemon=True).start()
 
@@ -156,15 +162,15 @@ def p95(values: list[float]) -> float:
     return float(np.percentile(values, 95))
 
 
-def run_setting(name: str, directory: Path, max_batch: int, args) -> int:
+def run_setting(name: str, source: list[str], max_batch: int, args) -> int:
     """Print a row per N; the largest real-time N."""
-    server = ServerProcess(directory, max_batch, args.threads)
+    server = ServerProcess(source, max_batch, args.threads)
     pcm = test_audio(args.seconds)
     largest, spent = 0, time.perf_counter()
     try:
         for n in args.clients:
             if time.perf_counter() - spent > args.budget:
-                print(f"{name:>10} {max_batch:>5} {n:>4}  (budget of {args.budget:g} s spent)")
+                print(f"{name:>13} {max_batch:>5} {n:>4}  (budget of {args.budget:g} s spent)")
                 break
             latencies, _ = asyncio.run(load(server.url, n, pcm, realtime=True))
             cpu = server.cpu_seconds()
@@ -174,7 +180,7 @@ def run_setting(name: str, directory: Path, max_batch: int, args) -> int:
             final = [b for _, b in latencies]
             realtime = p95(final) <= args.slack
             print(
-                f"{name:>10} {max_batch:>5} {n:>4} {statistics.median(first):8.2f} "
+                f"{name:>13} {max_batch:>5} {n:>4} {statistics.median(first):8.2f} "
                 f"{p95(first):6.2f} {statistics.median(final):8.2f} {p95(final):6.2f} "
                 f"{wall / (n * args.seconds):7.3f} {cpu / (n * args.seconds):7.3f} "
                 f"{'yes' if realtime else 'no':>5}",
@@ -199,20 +205,28 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per setting")
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument(
+        "--onnx", action="store_true", help="serve each model's ONNX export (chunk 16, 4 left)"
+    )
+    parser.add_argument(
         "--keep-going", action="store_true", help="measure every N, also after one not real time"
     )
     args = parser.parse_args()
 
     print(f"{args.seconds:g} s of audio per client, {MESSAGE_MS} ms messages, chunk 16 (640 ms),")
     print(f"server on {args.threads} thread(s); real time: p95 final latency <= {args.slack:g} s")
-    print(f"{'model':>10} {'batch':>5} {'N':>4} {'1st part':>8} {'p95':>6} {'final':>8} "
+    print(f"{'model':>13} {'batch':>5} {'N':>4} {'1st part':>8} {'p95':>6} {'final':>8} "
           f"{'p95':>6} {'RTF':>7} {'CPU RTF':>7} {'real':>5}")  # fmt: skip
     largest = {}
     with tempfile.TemporaryDirectory(prefix="u2moe-serve-bench-") as tmp:
         for name in args.models:
             directory = model_dir(name, Path(tmp))
+            source = ["--model", str(directory)]
+            if args.onnx:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    export_model(directory, Path(tmp) / f"{name}-onnx", 16, 4)
+                source = ["--onnx", str(Path(tmp) / f"{name}-onnx")]
             for max_batch in args.max_batch:
-                largest[name, max_batch] = run_setting(name, directory, max_batch, args)
+                largest[name, max_batch] = run_setting(name, source, max_batch, args)
     print()
     for (name, max_batch), n in largest.items():
         print(f"{name} --max-batch {max_batch}: {n} real-time streams (of {args.clients})")

@@ -7,14 +7,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import soundfile as sf
 from test_export import UNITS, tiny_model
 from test_recognizer import synthetic_speech
 
 import u2moe
+from u2moe.backends.onnx_backend import OnnxBackend
 from u2moe.cli import main as cli
+from u2moe.decode.stream import EncoderStream, encoder_step_batch
 from u2moe.export import export_model
 from u2moe.model.io import save_model_dir
 
@@ -53,12 +57,13 @@ RUNTIME = NO_TORCH + textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """A MoE model, a streaming export (chunk 4, 4 left chunks, int8) and a full-context one."""
+    """A MoE model, a streaming export (chunk 4, 4 left chunks, int8) and a full-context one
+    without encoder_batch.onnx (its streams run one by one through encoder.onnx)."""
     root = tmp_path_factory.mktemp("runtime")
     save_model_dir(root / "model", tiny_model("moe"), {}, UNITS)
     with contextlib.redirect_stdout(io.StringIO()):
         export_model(root / "model", root / "chunk4", 4, 4, int8=True)
-        export_model(root / "model", root / "full", -1)
+        export_model(root / "model", root / "full", -1, batch_encoder=False)
     sf.write(root / "a.wav", synthetic_speech(3.1), 16000, subtype="PCM_16")
     return root
 
@@ -97,6 +102,50 @@ def test_runtime_without_torch_equals_pytorch(exports, export, chunk_size, left_
     assert got["stream"][1] == want["stream"][1]
     if chunk_size > 0:
         assert len(got["stream"][0]) > 3  # partial results per chunk
+
+
+def streams_in_rounds(backend, feats: list[np.ndarray]) -> list[np.ndarray]:
+    """Each of `feats` as a stream (chunk 4, 4 left chunks), the first two chunks ahead of the
+    others (so caches of different ages share calls), every ready chunk in one round ->
+    per stream its encoder frames."""
+    streams = [EncoderStream(backend.info, 4, 4) for _ in feats]
+    outputs = [[] for _ in feats]
+    streams[0].accept_feats(feats[0][:40])
+    outputs[0] += [streams[0].step(backend), streams[0].step(backend)]
+    streams[0].accept_feats(feats[0][40:])
+    for stream, frames in zip(streams[1:], feats[1:], strict=True):
+        stream.accept_feats(frames)
+    for stream in streams:
+        stream.input_finished()
+    while any(stream.ready() for stream in streams):
+        for found, out in zip(outputs, encoder_step_batch(backend, streams), strict=True):
+            if out is not None:
+                found.append(out)
+    return [np.concatenate(found) for found in outputs]
+
+
+def test_encoder_batch_onnx_runs_a_round_in_one_call_as_each_stream_alone(exports, tmp_path):
+    one_by_one = tmp_path / "one_by_one"
+    shutil.copytree(exports / "chunk4", one_by_one)
+    for path in one_by_one.glob("encoder_batch*.onnx"):
+        path.unlink()
+    batched, unbatched = OnnxBackend(exports / "chunk4"), OnnxBackend(one_by_one)
+    assert unbatched.encoder_batch is None
+    calls = []
+    session = batched.encoder_batch
+    batched.encoder_batch = SimpleNamespace(
+        run=lambda names, inputs: calls.append(len(inputs["chunk"])) or session.run(names, inputs)
+    )
+    rng = np.random.default_rng(0)
+    feats = [rng.normal(18.0, 2.0, (n, 80)).astype(np.float32) for n in (90, 70, 53)]
+    got = streams_in_rounds(batched, feats)
+    assert max(calls) == 3 and len(calls) < sum(len(out) for out in got) / 4  # shared calls
+    want = streams_in_rounds(unbatched, feats)
+    alone = [streams_in_rounds(batched, [frames])[0] for frames in feats]
+    for g, w, a in zip(got, want, alone, strict=True):
+        assert g.shape == w.shape and len(g) > 8
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(g, a, atol=1e-5, rtol=0)
 
 
 def test_transcribe_onnx_command_runs_without_torch(exports):

@@ -1,13 +1,14 @@
 """An `u2moe export` directory behind the `Backend` protocol: onnxruntime sessions, no torch.
 
-encoder.onnx is WeNet's batch-1 step, so `encoder_step` runs the B streams of a call one
-after another (each with its own rows of the padded caches and of att_mask) and stacks
-the results. In a fixed-shape (left-chunk) export, encoder.onnx counts `offset` from the
-end of a cache of required_cache_size slots (WeNet's convention); the stream object's
-offset is the real one, so the backend adds required_cache_size. The export's chunk size
-and left chunks become the model's defaults (ModelInfo.chunk_size / num_left_chunks): a
-left-chunk export keeps at most its own cache, a full-cache export any. Full-context
-`encode` runs each utterance as one chunk through the same step (every export can).
+`encoder_step` runs the B streams of a call in one encoder_batch.onnx call when the export
+has it; otherwise through encoder.onnx, WeNet's batch-1 step, one after another (each with
+its own rows of the padded caches and of att_mask), stacking the results. In a fixed-shape
+(left-chunk) export, both count `offset` from the end of a cache of required_cache_size
+slots (WeNet's convention); the stream object's offset is the real one, so the backend
+adds required_cache_size. The export's chunk size and left chunks become the model's
+defaults (ModelInfo.chunk_size / num_left_chunks): a left-chunk export keeps at most its
+own cache, a full-cache export any. Full-context `encode` runs each utterance as one chunk
+through the same step (every export can).
 """
 
 from pathlib import Path
@@ -80,6 +81,8 @@ class OnnxBackend:
             open_session(export_dir / f"{name}{suffix}", threads)
             for name in ("encoder", "ctc", "decoder")
         )
+        batch_file = export_dir / f"encoder_batch{suffix}"
+        self.encoder_batch = open_session(batch_file, threads) if batch_file.is_file() else None
         self.info = model_info(self.encoder.get_modelmeta().custom_metadata_map)
         chunk, left = self.info.chunk_size, self.info.num_left_chunks
         self.cache_limit = chunk * left if chunk > 0 and left >= 0 else -1
@@ -92,21 +95,18 @@ class OnnxBackend:
                 f"(chunk {self.info.chunk_size} x {self.info.num_left_chunks} left chunks); "
                 f"decoding asked for {required_cache_size}"
             )
-        outputs = []
-        for b in range(len(chunk)):
-            outputs.append(
-                self.encoder.run(
-                    None,
-                    {
-                        "chunk": np.ascontiguousarray(chunk[b : b + 1], dtype=np.float32),
-                        "offset": np.array(int(offset[b]) + max(limit, 0), dtype=np.int64),
-                        "required_cache_size": np.array(limit, dtype=np.int64),
-                        "att_cache": np.ascontiguousarray(att_cache[b], dtype=np.float32),
-                        "cnn_cache": np.ascontiguousarray(cnn_cache[b][:, None], np.float32),
-                        "att_mask": np.ascontiguousarray(att_mask[b : b + 1], dtype=bool),
-                    },
-                )
-            )
+        inputs = {
+            "chunk": np.ascontiguousarray(chunk, dtype=np.float32),
+            "offset": np.asarray(offset, dtype=np.int64) + max(limit, 0),
+            "required_cache_size": np.array(limit, dtype=np.int64),
+            "att_cache": np.ascontiguousarray(att_cache, dtype=np.float32),
+            "cnn_cache": np.ascontiguousarray(cnn_cache, dtype=np.float32),
+            "att_mask": np.ascontiguousarray(att_mask, dtype=bool),
+        }
+        if self.encoder_batch is not None:
+            out, new_att, new_cnn = self.encoder_batch.run(None, inputs)
+            return out, new_att, new_cnn
+        outputs = [self.encoder.run(None, one_stream(inputs, b)) for b in range(len(chunk))]
         out = np.concatenate([o[0] for o in outputs])
         new_att = np.stack([o[1] for o in outputs])
         new_cnn = np.stack([o[2][:, 0] for o in outputs])
@@ -133,6 +133,18 @@ class OnnxBackend:
         )
         r_score = r_score if self.info.has_right_decoder else np.zeros_like(r_score)
         return score.astype(np.float64), r_score.astype(np.float64)
+
+
+def one_stream(inputs: dict, b: int) -> dict:
+    """Stream b of encoder_batch.onnx's inputs in encoder.onnx's (WeNet's batch-1) layout."""
+    return {
+        "chunk": inputs["chunk"][b : b + 1],
+        "offset": np.array(inputs["offset"][b]),
+        "required_cache_size": inputs["required_cache_size"],
+        "att_cache": inputs["att_cache"][b],
+        "cnn_cache": np.ascontiguousarray(inputs["cnn_cache"][b][:, None]),
+        "att_mask": inputs["att_mask"][b : b + 1],
+    }
 
 
 def decoder_inputs(hyps: list[list[int]], sos: int, eos: int):

@@ -33,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-k", type=positive_int, help="MoE experts per frame (default: as trained)"
     )
+    parser.add_argument(
+        "--batch-encoder",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --format onnx: also write encoder_batch.onnx, the streaming step for many "
+        "streams at once (what `u2moe serve --onnx` batches with); --no-batch-encoder saves "
+        "its copy of the encoder weights",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
         args.format,
         args.moe_form,
         args.top_k,
+        args.batch_encoder,
     )
     print(f"wrote {args.out}: {', '.join(names)}")
     return 0

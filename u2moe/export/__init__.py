@@ -3,7 +3,8 @@
 Formats (one directory each):
 - `onnx`: WeNet's ONNX layout (u2moe/export/onnx.py): encoder.onnx (one streaming step with
   caches, or the full-context encoder), ctc.onnx, decoder.onnx (n-best scores for attention
-  rescoring), units.txt (+ bpe.model), config.yaml (`export` section: what was exported;
+  rescoring), encoder_batch.onnx (the step for B streams at once), units.txt (+ bpe.model),
+  config.yaml (`export` section: what was exported;
   `model`, `data`, `decode` copied from the model directory); `--int8` adds *.int8.onnx.
   `u2moe.runtime` runs it without torch.
 - `sherpa-onnx`: model.onnx + tokens.txt for sherpa-onnx's WeNet CTC models (sherpa.py).
@@ -22,7 +23,6 @@ from u2moe.errors import UserError
 
 FORMATS = ("onnx", "sherpa-onnx", "wenet")
 DEFAULT_MOE_FORM = "sorted"  # the fastest by benchmarks/onnx_moe.py (docs/BENCHMARKS.md)
-ONNX_FILES = ("encoder.onnx", "ctc.onnx", "decoder.onnx")
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -78,9 +78,11 @@ def export_model(
     fmt: str = "onnx",
     moe_form: str = DEFAULT_MOE_FORM,
     top_k: int | None = None,
+    batch_encoder: bool = True,
 ) -> list[str]:
     """Export the model in `model_dir` to the directory `out` -> names of the files written.
-    top_k: MoE experts per frame in the exported graphs (None: as trained).
+    top_k: MoE experts per frame in the exported graphs (None: as trained); batch_encoder:
+    with `onnx`, also encoder_batch.onnx (a second copy of the encoder's weights).
 
     Files are written in a temporary directory beside `out` and moved in at the end, so a
     failed export leaves no half-written file.
@@ -108,6 +110,7 @@ def export_model(
         "moe_form": moe_form,
         "top_k": top_k,
         "int8": int8,
+        "batch_encoder": batch_encoder and fmt == "onnx",
         "source": str(model_dir.resolve()),
         "fingerprint": fingerprint,
     }
@@ -118,7 +121,9 @@ def export_model(
         if fmt == "onnx":
             from u2moe.export.onnx import export_onnx_dir
 
-            export_onnx_dir(model, units, tmp, chunk_size, left_chunks, moe_form, int8)
+            export_onnx_dir(
+                model, units, tmp, chunk_size, left_chunks, moe_form, int8, batch_encoder
+            )
             if bpe.is_file():
                 shutil.copyfile(bpe, tmp / bpe.name)
         elif fmt == "sherpa-onnx":

@@ -14,6 +14,13 @@ a growing cache exactly (padding slots get negative positions and are masked). W
 chunks C grows from 0 and offset counts encoder frames. A full-context export
 (chunk_size -1) is the same step over a whole utterance with an empty cache.
 
+encoder_batch.onnx, the same step for B streams at once (the server batches with it):
+  chunk (B, W, 80), offset (B,) int64 (one per stream, as above), required_cache_size (),
+  att_cache (B, num_blocks, head, C, 2 * d_k), cnn_cache (B, num_blocks, d, kernel - 1),
+  att_mask (B, 1, C + t) -> output (B, t, d), r_att_cache, r_cnn_cache (batch first).
+Streams of different ages share one C: their caches are left-padded and att_mask hides
+the padding (u2moe/decode/stream.py).
+
 ctc.onnx: hidden (B, T, d) -> probs (B, T, V) CTC log-probs (WeNet's names).
 
 decoder.onnx, the scores of an n-best for attention rescoring (one utterance):
@@ -94,8 +101,9 @@ class DecoderScores(nn.Module):
         return score, hypothesis_scores(r2l, r_hyps, hyps_lens, eos)
 
 
-def encoder_example(model: U2Model, chunk_size: int, left_chunks: int):
-    """Example inputs of encoder.onnx (the first step) and their dynamic dimensions."""
+def encoder_example(model: U2Model, chunk_size: int, left_chunks: int, batched: bool = False):
+    """Example inputs of encoder.onnx (the first step), or of encoder_batch.onnx when
+    batched, and their dynamic dimensions."""
     enc = model.encoder
     attn = enc.encoders[0].self_attn
     conv = enc.encoders[0].conv_module
@@ -104,19 +112,28 @@ def encoder_example(model: U2Model, chunk_size: int, left_chunks: int):
     frames = (example_chunk - 1) * enc.subsampling_rate + enc.right_context + 1
     cache = chunk_size * left_chunks if chunk_size > 0 and left_chunks >= 0 else 0
     t = enc.embed.output_length(frames)
-    att_mask = torch.ones(1, 1, cache + t, dtype=torch.bool)
+    batch = 2 if batched else 1  # an example batch of 1 would fix the batch dimension at 1
+    att_mask = torch.ones(batch, 1, cache + t, dtype=torch.bool)
     att_mask[..., :cache] = False
+    offset = torch.full((batch,), cache)
+    att_cache = torch.zeros(batch, len(enc.encoders), attn.h, cache, 2 * attn.d_k)
+    cnn_cache = torch.zeros(batch, len(enc.encoders), enc.output_size, kernel)
+    if not batched:  # WeNet's layout
+        offset, att_cache, cnn_cache = offset[0], att_cache[0], cnn_cache.transpose(0, 1)
     example = (
-        torch.randn(1, frames, enc.input_dim),
-        torch.tensor(cache),
+        torch.randn(batch, frames, enc.input_dim),
+        offset,
         torch.tensor(cache if cache else -1),
-        torch.zeros(len(enc.encoders), attn.h, cache, 2 * attn.d_k),
-        torch.zeros(len(enc.encoders), 1, enc.output_size, kernel),
+        att_cache,
+        cnn_cache,
         att_mask,
     )
-    frames_dim, key_dim = torch.export.Dim.AUTO, torch.export.Dim.AUTO
-    cache_dim = torch.export.Dim.AUTO
-    dynamic = ({1: frames_dim}, None, None, {2: cache_dim}, None, {2: key_dim})
+    auto = torch.export.Dim.AUTO
+    if batched:
+        batch = {0: auto}
+        dynamic = ({0: auto, 1: auto}, batch, None, {0: auto, 3: auto}, batch, {0: auto, 2: auto})
+    else:
+        dynamic = ({1: auto}, None, None, {2: auto}, None, {2: auto})
     return example, dynamic
 
 
@@ -149,9 +166,12 @@ def add_metadata(path: Path, metadata: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def export_encoder(model: U2Model, path, chunk_size: int, left_chunks: int, moe_form: str):
+def export_encoder(
+    model: U2Model, path, chunk_size: int, left_chunks: int, moe_form: str, batched=False
+):
+    """encoder.onnx (WeNet's batch-1 step) or, batched, encoder_batch.onnx."""
     required = chunk_size * left_chunks if chunk_size > 0 and left_chunks >= 0 else -1
-    example, dynamic = encoder_example(model, chunk_size, left_chunks)
+    example, dynamic = encoder_example(model, chunk_size, left_chunks, batched)
     names = ["chunk", "offset", "required_cache_size", "att_cache", "cnn_cache", "att_mask"]
     step = EncoderStep(model.encoder, required)
     export_onnx(
@@ -230,16 +250,24 @@ def quantize(path: Path) -> Path:
     return target
 
 
-def export_onnx_dir(model, units, out: Path, chunk_size, left_chunks, moe_form, int8) -> None:
-    """encoder.onnx, ctc.onnx, decoder.onnx (+ *.int8.onnx) and units.txt into `out`."""
+def export_onnx_dir(
+    model, units, out: Path, chunk_size, left_chunks, moe_form, int8, batch_encoder=True
+) -> None:
+    """encoder.onnx, ctc.onnx, decoder.onnx, encoder_batch.onnx unless not batch_encoder
+    (+ *.int8.onnx of each) and units.txt into `out`."""
     from u2moe.data.tokenizer import write_units
 
     metadata = encoder_metadata(model, chunk_size, left_chunks, moe_form)
+    files = {"encoder.onnx": metadata, "ctc.onnx": metadata, "decoder.onnx": metadata}
     export_encoder(model, out / "encoder.onnx", chunk_size, left_chunks, moe_form)
     export_ctc(model, out / "ctc.onnx")
     export_decoder(model, out / "decoder.onnx", moe_form)
-    for name in ("encoder.onnx", "ctc.onnx", "decoder.onnx"):
-        add_metadata(out / name, metadata)
+    if batch_encoder:
+        path = out / "encoder_batch.onnx"
+        export_encoder(model, path, chunk_size, left_chunks, moe_form, batched=True)
+        files[path.name] = metadata | {"batch": -1}  # any number of streams
+    for name, file_metadata in files.items():
+        add_metadata(out / name, file_metadata)
         if int8:
             quantize(out / name)
     write_units(out / "units.txt", units)
