@@ -29,11 +29,14 @@ CHUNK = 4  # encoder frames per chunk in these tests
 ENDPOINT = {"blank_threshold": 0.3, "silence_after_speech_ms": 400, "silence_before_speech_ms": 400}
 
 
-def make_model_dir(root: Path) -> Path:
-    """A random tiny model whose CTC head is peaky (no near-ties), endpoints off."""
+def make_model_dir(root: Path, ffn: dict | None = None) -> Path:
+    """A random tiny model whose CTC head is peaky (no near-ties), endpoints off; ffn: the
+    FFN section of encoder and decoder (dense by default)."""
     torch.manual_seed(0)
     encoder = {"d_model": 32, "n_heads": 2, "d_ff": 48, "n_layers": 2, "kernel_size": 5}
     decoder = {"n_heads": 2, "d_ff": 48, "n_layers": 1, "n_r2l_layers": 1}
+    if ffn is not None:
+        encoder["ffn"] = decoder["ffn"] = ffn
     sections = {"vocab_size": len(UNITS), "encoder": encoder, "decoder": decoder}
     model = U2Model(parse_section(ModelConfig, sections, "model")).eval()
     with torch.no_grad():  # peaky CTC posteriors, as trained models have

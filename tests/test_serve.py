@@ -318,6 +318,31 @@ def test_serve_refuses_bad_options_in_one_line(model_dir, capsys):
     assert errors[2].startswith("u2moe serve: error: cannot listen on 192.0.2.1:0")
 
 
+def test_top_k_serves_what_the_api_gives_with_that_k(model_dir, tmp_path, capsys):
+    moe_dir = make_model_dir(tmp_path, ffn={"type": "moe", "n_experts": 8, "top_k": 2})
+    wav = write_wav(tmp_path / "a.wav", speech(1.5, seed=3))
+    by_k = {}
+    for k in (1, 2):
+        streaming, offline = transcribers(moe_dir, top_k=k)
+        full = offline.transcribe(wav, timestamps=True).as_dict()
+        by_k[k] = streaming.transcribe(wav).text, {"file": "a.wav", **full}
+    assert by_k[1][1] != by_k[2][1]  # one expert per frame changes the scores
+    server, url = serve_process("--model", str(moe_dir), "--chunk-size", str(CHUNK),
+                                "--left-chunks", "-1", "--top-k", "1")  # fmt: skip
+    try:
+        assert finals(stream(url, speech(1.5, seed=3)))[0]["sentence"] == by_k[1][0]
+        http_url = url.replace("ws://", "http://") + "/transcribe?timestamps=1&name=a.wav"
+        request = urllib.request.Request(http_url, data=wav.read_bytes(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.load(response) == by_k[1][1]
+    finally:
+        server.kill()
+    assert main(["serve", "--model", str(model_dir), "--top-k", "1"]) == 2
+    assert main(["serve", "--model", str(moe_dir), "--top-k", "9"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "no MoE layer" in errors[0] and "9" in errors[1], errors
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a certificate")
 def test_tls_serves_the_page_and_streams_over_wss(model_dir, alone, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -354,6 +379,7 @@ def test_onnx_export_served_like_the_runtime_transcribes(model_dir, tmp_path):
 
     with contextlib.redirect_stdout(io.StringIO()):
         export_model(model_dir, tmp_path / "onnx", CHUNK, 2)
+    assert main(["serve", "--onnx", str(tmp_path / "onnx"), "--top-k", "1"]) == 2
     runtime = load_model(tmp_path / "onnx")
     server, url = serve_process("--onnx", str(tmp_path / "onnx"))
     try:

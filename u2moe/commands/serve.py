@@ -3,6 +3,7 @@
     u2moe serve --model exp/model                      # then open http://127.0.0.1:10086/
     u2moe serve --model exp/model --host 0.0.0.0 --certfile cert.pem --keyfile key.pem
     u2moe serve --onnx exp/onnx [--int8]               # an export, onnxruntime, no torch
+    u2moe serve --model exp/model --top-k 1            # one MoE expert per frame
 
 See u2moe/serve/ for the protocol, the HTTP routes and the limits. SIGTERM or Ctrl-C stops
 accepting connections, sends every open stream its final result, and exits 0.
@@ -14,6 +15,7 @@ import dataclasses
 import logging
 import ssl
 
+from u2moe.commands.arguments import positive_int
 from u2moe.decode.transcriber import Transcriber
 from u2moe.errors import UserError
 
@@ -29,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--left-chunks", type=int, help="chunks of left context (4; an export's)")
     parser.add_argument("--beam-size", type=int, help="CTC prefix beam (default: the model's)")
+    parser.add_argument(
+        "--top-k",
+        type=positive_int,
+        help="MoE experts per frame (default: as trained; an export's is fixed at export)",
+    )
     parser.add_argument("--max-streams", type=int, default=64, help="open streams at most")
     parser.add_argument("--max-batch", type=int, default=32, help="streams per encoder call")
     parser.add_argument("--max-message-kb", type=int, default=1024, help="websocket message")
@@ -66,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     if args.onnx is None:  # a PyTorch model streams with chunk 16 and 4 left chunks by default
         options = {"chunk_size": 16, "num_left_chunks": 4} | options
     options["beam_size"] = args.beam_size
+    options["top_k"] = args.top_k
     options = {k: v for k, v in options.items() if v is not None}
     tls = tls_context(args.certfile, args.keyfile)
     if args.onnx is not None:
