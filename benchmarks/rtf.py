@@ -95,7 +95,9 @@ class OrtEngine:
             if not out.exists():
                 out.mkdir()
                 with contextlib.redirect_stdout(io.StringIO()):
-                    export_onnx_dir(model, units, out, chunk, -1, DEFAULT_MOE_FORM, True)
+                    export_onnx_dir(
+                        model, units, out, chunk, -1, DEFAULT_MOE_FORM, True, batch_encoder=False
+                    )
                 (out / "config.yaml").write_text("export: {format: onnx, int8: true}\n")
             self.backends[chunk] = OnnxBackend(out, int8, threads)
         self.backend = self.backends[chunks[0]]
