@@ -130,10 +130,10 @@ def test_encoder_batch_onnx_runs_a_round_in_one_call_as_each_stream_alone(export
     for path in one_by_one.glob("encoder_batch*.onnx"):
         path.unlink()
     batched, unbatched = OnnxBackend(exports / "chunk4"), OnnxBackend(one_by_one)
-    assert unbatched.encoder_batch is None
+    assert batched.batched and not unbatched.batched
     calls = []
-    session = batched.encoder_batch
-    batched.encoder_batch = SimpleNamespace(
+    session = batched.encoder
+    batched.encoder = SimpleNamespace(
         run=lambda names, inputs: calls.append(len(inputs["chunk"])) or session.run(names, inputs)
     )
     rng = np.random.default_rng(0)
@@ -160,12 +160,15 @@ def test_transcribe_onnx_command_runs_without_torch(exports):
 
 
 def test_runtime_errors_are_one_line(exports, tmp_path, capsys):
-    broken = tmp_path / "broken"
-    shutil.copytree(exports / "chunk4", broken)
-    data = (broken / "encoder.onnx").read_bytes()
-    (broken / "encoder.onnx").write_bytes(data[: len(data) // 2])  # truncated
+    broken, broken_batch = tmp_path / "broken", tmp_path / "broken_batch"
+    shutil.copytree(exports / "full", broken)
+    shutil.copytree(exports / "chunk4", broken_batch)
+    for path in (broken / "encoder.onnx", broken_batch / "encoder_batch.onnx"):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # truncated
     cases = [
         (["--onnx", str(broken)], "encoder.onnx: not a usable ONNX model"),
+        (["--onnx", str(broken_batch)], "encoder_batch.onnx: not a usable ONNX model"),
         (["--onnx", str(exports / "model")], "not an `u2moe export`"),
         (["--onnx", str(exports / "full"), "--int8"], "exported without --int8"),
     ]

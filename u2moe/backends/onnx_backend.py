@@ -1,7 +1,8 @@
 """An `u2moe export` directory behind the `Backend` protocol: onnxruntime sessions, no torch.
 
 `encoder_step` runs the B streams of a call in one encoder_batch.onnx call when the export
-has it; otherwise through encoder.onnx, WeNet's batch-1 step, one after another (each with
+has it (encoder.onnx, there for WeNet's and sherpa-onnx's runtimes, is then not loaded);
+otherwise through encoder.onnx, WeNet's batch-1 step, one after another (each with
 its own rows of the padded caches and of att_mask), stacking the results. In a fixed-shape
 (left-chunk) export, both count `offset` from the end of a cache of required_cache_size
 slots (WeNet's convention); the stream object's offset is the real one, so the backend
@@ -77,12 +78,13 @@ class OnnxBackend:
         if int8 and not section.get("int8"):
             raise UserError(f"{export_dir}: exported without --int8 (no *.int8.onnx files)")
         suffix = ".int8.onnx" if int8 else ".onnx"
+        # encoder_batch.onnx does all that encoder.onnx does, so only one is loaded
+        self.batched = (export_dir / f"encoder_batch{suffix}").is_file()
+        encoder = "encoder_batch" if self.batched else "encoder"
         self.encoder, self.ctc, self.decoder = (
             open_session(export_dir / f"{name}{suffix}", threads)
-            for name in ("encoder", "ctc", "decoder")
+            for name in (encoder, "ctc", "decoder")
         )
-        batch_file = export_dir / f"encoder_batch{suffix}"
-        self.encoder_batch = open_session(batch_file, threads) if batch_file.is_file() else None
         self.info = model_info(self.encoder.get_modelmeta().custom_metadata_map)
         chunk, left = self.info.chunk_size, self.info.num_left_chunks
         self.cache_limit = chunk * left if chunk > 0 and left >= 0 else -1
@@ -103,8 +105,8 @@ class OnnxBackend:
             "cnn_cache": np.ascontiguousarray(cnn_cache, dtype=np.float32),
             "att_mask": np.ascontiguousarray(att_mask, dtype=bool),
         }
-        if self.encoder_batch is not None:
-            out, new_att, new_cnn = self.encoder_batch.run(None, inputs)
+        if self.batched:
+            out, new_att, new_cnn = self.encoder.run(None, inputs)
             return out, new_att, new_cnn
         outputs = [self.encoder.run(None, one_stream(inputs, b)) for b in range(len(chunk))]
         out = np.concatenate([o[0] for o in outputs])
