@@ -102,6 +102,36 @@ def test_encoder_onnx_chunk_by_chunk_equals_forward_chunk(tmp_path, ffn, chunk_s
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_size, form", [(4, "sorted"), (-1, "contrib")])
+def test_encoder_batch_onnx_equals_forward_chunk_for_streams_of_any_age(tmp_path, chunk_size, form):
+    # a cache of all left chunks (it grows) or a full-context export (no cache)
+    model = tiny_model("moe")
+    with quiet():
+        export_encoder(model, tmp_path / "b.onnx", chunk_size, -1, form, batched=True)
+    sess = session(tmp_path / "b.onnx")
+    enc = model.encoder
+    attn = enc.encoders[0].self_attn
+    frames = (max(chunk_size, 16) - 1) * enc.subsampling_rate + enc.right_context + 1
+    t = enc.embed.output_length(frames)
+    torch.manual_seed(2)
+    for batch, cache in [(3, 8 if chunk_size > 0 else 0), (1, 0), (5, 0)]:
+        chunk = torch.randn(batch, frames, 80) * 2 + 18
+        offset = torch.arange(batch) + cache  # streams of different ages
+        att_cache = torch.randn(batch, len(enc.encoders), attn.h, cache, 2 * attn.d_k)
+        kernel = enc.encoders[0].conv_module.lorder
+        cnn_cache = torch.randn(batch, len(enc.encoders), enc.output_size, kernel)
+        att_mask = torch.ones(batch, 1, cache + t, dtype=torch.bool)
+        att_mask[0, :, : cache // 2] = False  # a younger stream's left padding
+        with torch.no_grad():
+            want = enc.forward_chunk(chunk, offset, -1, att_cache, cnn_cache, att_mask)
+        inputs = (chunk, offset, torch.tensor(-1), att_cache, cnn_cache, att_mask)
+        names = ["chunk", "offset", "required_cache_size", "att_cache", "cnn_cache", "att_mask"]
+        got = sess.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == tuple(w.shape)
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_every_moe_form_equals_the_pytorch_layer(tmp_path, form):
     from u2moe.model.moe import MoEFeedForward

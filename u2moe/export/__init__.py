@@ -4,9 +4,8 @@ Formats (one directory each):
 - `onnx`: WeNet's ONNX layout (u2moe/export/onnx.py): encoder.onnx (one streaming step with
   caches, or the full-context encoder), ctc.onnx, decoder.onnx (n-best scores for attention
   rescoring), encoder_batch.onnx (the step for B streams at once), units.txt (+ bpe.model),
-  config.yaml (`export` section: what was exported;
-  `model`, `data`, `decode` copied from the model directory); `--int8` adds *.int8.onnx.
-  `u2moe.runtime` runs it without torch.
+  config.yaml (`export` section: what was exported; `model`, `data`, `decode` copied from
+  the model directory); `--int8` adds *.int8.onnx. `u2moe.runtime` runs it without torch.
 - `sherpa-onnx`: model.onnx + tokens.txt for sherpa-onnx's WeNet CTC models (sherpa.py).
 - `wenet`: a WeNet experiment directory (wenet.py).
 MoE layers keep their top-k sparsity in ONNX (moe.py: the `sorted` form by default).
