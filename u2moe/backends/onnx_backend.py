@@ -106,8 +106,7 @@ class OnnxBackend:
             "att_mask": np.ascontiguousarray(att_mask, dtype=bool),
         }
         if self.batched:
-            out, new_att, new_cnn = self.encoder.run(None, inputs)
-            return out, new_att, new_cnn
+            return tuple(self.encoder.run(None, inputs))
         outputs = [self.encoder.run(None, one_stream(inputs, b)) for b in range(len(chunk))]
         out = np.concatenate([o[0] for o in outputs])
         new_att = np.stack([o[1] for o in outputs])

@@ -109,7 +109,6 @@ def export_model(
         "moe_form": moe_form,
         "top_k": top_k,
         "int8": int8,
-        "batch_encoder": batch_encoder and fmt == "onnx",
         "source": str(model_dir.resolve()),
         "fingerprint": fingerprint,
     }
